@@ -1,0 +1,188 @@
+//! Types and constants shared by the kernel programs (`observer-ebpf`) and the daemon
+//! (`observer`). Everything that crosses the kernel boundary is defined here once,
+//! `#[repr(C)]` and without implicit padding.
+#![no_std]
+
+/// One observation sent from the kernel to the daemon through a ring buffer.
+///
+/// 24 bytes, no padding. The meaning of `value` and `result` depends on `kind`:
+///
+/// | kind | value | result |
+/// |---|---|---|
+/// | [`EventKind::SendMsg`], [`EventKind::RecvMsg`] | call duration, ns | bytes (>= 0) or `-errno` |
+/// | [`EventKind::PageFault`] | fault duration, ns | [`FAULT_MAJOR`] / [`FAULT_KERNEL`] flags |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    /// cgroup v2 id (inode number of the cgroup directory) the event belongs to.
+    pub cgroup_id: u64,
+    /// Kind-specific value, see the table above.
+    pub value: u64,
+    /// One of [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// Kind-specific result, see the table above.
+    pub result: i32,
+}
+
+/// Size of one [`Event`] record in bytes.
+pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
+const _: () = assert!(EVENT_SIZE == 24);
+
+impl Event {
+    /// Decodes an event from a ring buffer record. Returns `None` when the record is not
+    /// exactly one event long (a truncated or foreign record).
+    #[must_use]
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != EVENT_SIZE {
+            return None;
+        }
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_ne_bytes(b)
+        };
+        let u32_at = |at: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&bytes[at..at + 4]);
+            u32::from_ne_bytes(b)
+        };
+        Some(Self {
+            cgroup_id: u64_at(0),
+            value: u64_at(8),
+            kind: u32_at(16),
+            result: u32_at(20).cast_signed(),
+        })
+    }
+
+    /// Encodes the event the way the kernel writes it (used by tests and benchmarks).
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; EVENT_SIZE] {
+        let mut out = [0u8; EVENT_SIZE];
+        out[0..8].copy_from_slice(&self.cgroup_id.to_ne_bytes());
+        out[8..16].copy_from_slice(&self.value.to_ne_bytes());
+        out[16..20].copy_from_slice(&self.kind.to_ne_bytes());
+        out[20..24].copy_from_slice(&self.result.to_ne_bytes());
+        out
+    }
+}
+
+/// What an [`Event`] reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// One `tcp_sendmsg` call.
+    SendMsg = 1,
+    /// One `tcp_recvmsg` call.
+    RecvMsg = 2,
+    /// One page fault with its duration (fentry/kprobe modes only).
+    PageFault = 3,
+}
+
+impl EventKind {
+    /// Maps the wire value back to the kind.
+    #[must_use]
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::SendMsg),
+            2 => Some(Self::RecvMsg),
+            3 => Some(Self::PageFault),
+            _ => None,
+        }
+    }
+}
+
+/// `Event::result` flag of a page fault event: the fault was major (needed I/O).
+pub const FAULT_MAJOR: i32 = 1;
+/// `Event::result` flag of a page fault event: the fault happened in kernel mode.
+pub const FAULT_KERNEL: i32 = 2;
+
+/// `EAGAIN` on Linux; a call returning `-EAGAIN` is counted, not timed.
+pub const EAGAIN: i32 = 11;
+
+/// Per-cgroup page fault counters kept in the kernel (a per-CPU hash keyed by cgroup id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FaultCounts {
+    /// Faults taken in user mode.
+    pub user: u64,
+    /// Faults taken in kernel mode.
+    pub kernel: u64,
+    /// Major faults (fentry/kprobe modes only).
+    pub major: u64,
+    /// Minor faults (fentry/kprobe modes only).
+    pub minor: u64,
+}
+
+// SAFETY: `#[repr(C)]`, only u64 fields, no padding: every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FaultCounts {}
+
+/// Start of an in-flight call, keyed by `pid_tgid` in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CallStart {
+    /// `bpf_ktime_get_ns()` at the call's entry; 0 means "in a syscall we do not time".
+    pub ts: u64,
+}
+
+/// Names of maps, programs and globals, shared so that neither side spells them twice.
+pub mod names {
+    /// Hash of maps: cgroup id -> that cgroup's ring buffer.
+    pub const CGROUP_RINGS: &str = "CGROUP_RINGS";
+    /// Ring buffer for cgroups without their own ring (and the daemon's news of new cgroups).
+    pub const SHARED_RING: &str = "SHARED_RING";
+    /// Per-CPU hash: cgroup id -> events a full ring could not take.
+    pub const LOST_EVENTS: &str = "LOST_EVENTS";
+    /// Per-CPU hash: cgroup id -> [`super::FaultCounts`].
+    pub const FAULT_COUNTS: &str = "FAULT_COUNTS";
+
+    /// Global: 1 when the sendmsg signal is enabled.
+    pub const ENABLE_SEND: &str = "ENABLE_SEND";
+    /// Global: 1 when the recvmsg signal is enabled.
+    pub const ENABLE_RECV: &str = "ENABLE_RECV";
+    /// Global: number of parameters of `tcp_recvmsg` (6 before Linux 5.19, 5 since).
+    pub const RECVMSG_NARGS: &str = "RECVMSG_NARGS";
+}
+
+/// Compile-time size of a per-cgroup ring in the object; the daemon may create rings of
+/// another size (`--ring-size`).
+pub const DEFAULT_RING_SIZE: usize = 256 * 1024;
+/// Compile-time capacity of the outer ring map; the daemon sets it from `--max-cgroups`.
+pub const DEFAULT_MAX_CGROUPS: usize = 1024;
+/// Compile-time capacity of the per-cgroup counter maps.
+pub const COUNTER_MAP_ENTRIES: usize = 65536;
+/// Key under which losses that could not be attributed to their cgroup are counted.
+pub const UNATTRIBUTED: u64 = u64::MAX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_roundtrip() {
+        let e = Event {
+            cgroup_id: 0x1122_3344_5566_7788,
+            value: 42,
+            kind: EventKind::RecvMsg as u32,
+            result: -EAGAIN,
+        };
+        assert_eq!(Event::from_bytes(&e.to_bytes()), Some(e));
+    }
+
+    #[test]
+    fn truncated_or_oversized_records_are_refused() {
+        let bytes = Event::default().to_bytes();
+        assert_eq!(Event::from_bytes(&bytes[..EVENT_SIZE - 1]), None);
+        let mut long = [0u8; EVENT_SIZE + 8];
+        long[..EVENT_SIZE].copy_from_slice(&bytes);
+        assert_eq!(Event::from_bytes(&long), None);
+        assert_eq!(Event::from_bytes(&[]), None);
+    }
+
+    #[test]
+    fn unknown_kinds_are_not_mapped() {
+        assert_eq!(EventKind::from_u32(0), None);
+        assert_eq!(EventKind::from_u32(99), None);
+        assert_eq!(EventKind::from_u32(2), Some(EventKind::RecvMsg));
+    }
+}
