@@ -1,0 +1,21 @@
+//! socklat's kernel programs. Thin probe wrappers live in one file per concern; each
+//! wrapper calls a `try_*` body and ignores its error (a probe must never fail the traced
+//! code path). Losses are counted in `maps::LOST_EVENTS`, never silent.
+#![no_std]
+#![no_main]
+
+mod faults;
+mod maps;
+mod tcp;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: eBPF programs cannot panic at run time; the verifier rejects any path that
+    // would reach here, so this is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,117 @@
+//! Maps shared by all programs, and `emit`, the one way an event reaches the daemon.
+
+use aya_ebpf::{
+    btf_maps::{HashOfMaps, LruHashMap, PerCpuHashMap, RingBuf},
+    helpers::bpf_get_current_cgroup_id,
+    macros::btf_map,
+};
+use aya_log_ebpf::warn;
+use observer_common::{
+    COUNTER_MAP_ENTRIES, CallStart, DEFAULT_MAX_CGROUPS, DEFAULT_RING_SIZE, Event, FaultCounts,
+    UNATTRIBUTED,
+};
+
+/// A per-cgroup ring; the daemon creates one per admitted cgroup.
+pub type Ring = RingBuf<Event, DEFAULT_RING_SIZE>;
+
+/// cgroup id -> that cgroup's ring (created and inserted by the daemon).
+#[btf_map]
+pub static CGROUP_RINGS: HashOfMaps<u64, Ring, DEFAULT_MAX_CGROUPS> = HashOfMaps::new();
+
+/// Events of cgroups that have no ring of their own; the daemon learns of new cgroups here.
+/// Its size is set by the daemon at load time.
+#[btf_map]
+pub static SHARED_RING: Ring = RingBuf::new();
+
+/// cgroup id -> events that a full ring could not take.
+#[btf_map]
+pub static LOST_EVENTS: PerCpuHashMap<u64, u64, COUNTER_MAP_ENTRIES> = PerCpuHashMap::new();
+
+/// cgroup id -> page fault counters.
+#[btf_map]
+pub static FAULT_COUNTS: PerCpuHashMap<u64, FaultCounts, COUNTER_MAP_ENTRIES> =
+    PerCpuHashMap::new();
+
+/// pid_tgid -> entry time of the current send/recv-family syscall (tracepoint mode).
+#[btf_map]
+pub static SYSCALL_START: LruHashMap<u64, CallStart, COUNTER_MAP_ENTRIES> = LruHashMap::new();
+
+/// pid_tgid -> entry time of the current `tcp_sendmsg` / `tcp_recvmsg` / fault handler call
+/// (fentry and kprobe modes).
+#[btf_map]
+pub static CALL_START: LruHashMap<u64, CallStart, COUNTER_MAP_ENTRIES> = LruHashMap::new();
+
+const BPF_NOEXIST: u64 = 1;
+
+/// The cgroup of the current task (process context only).
+#[inline(always)]
+pub fn current_cgroup() -> u64 {
+    // SAFETY: a helper without arguments, valid in every tracing program.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// Sends one event to its cgroup's ring, or to the shared ring when the cgroup has none
+/// yet. A failed reserve is counted per cgroup in `LOST_EVENTS`.
+#[inline(always)]
+pub fn emit<C>(ctx: &C, event: Event)
+where
+    C: aya_ebpf::EbpfContext,
+{
+    let cgroup_id = event.cgroup_id;
+    // SAFETY: the daemon only inserts rings and removes them for dead cgroups; a ring that
+    // is removed while we hold it stays alive until this program returns (RCU).
+    let ring: &Ring = match unsafe { CGROUP_RINGS.get(&cgroup_id) } {
+        Some(ring) => ring,
+        None => &SHARED_RING,
+    };
+    if let Some(mut entry) = ring.reserve(0) {
+        entry.write(event);
+        entry.submit(0);
+    } else {
+        count_lost(ctx, cgroup_id);
+    }
+}
+
+#[inline(always)]
+fn count_lost<C: aya_ebpf::EbpfContext>(ctx: &C, cgroup_id: u64) {
+    if let Some(n) = LOST_EVENTS.get_ptr_mut(&cgroup_id) {
+        // SAFETY: a per-CPU value, written only by this CPU while preemption is disabled.
+        unsafe { *n += 1 };
+        return;
+    }
+    if LOST_EVENTS.insert(&cgroup_id, &1, BPF_NOEXIST).is_ok() {
+        warn!(
+            ctx,
+            "socklat: ring full for cgroup {}, counting lost events", cgroup_id
+        );
+        return;
+    }
+    // Another CPU created the entry between our lookup and insert, or the map is full.
+    if let Some(n) = LOST_EVENTS.get_ptr_mut(&cgroup_id) {
+        // SAFETY: as above.
+        unsafe { *n += 1 };
+    } else if let Some(n) = LOST_EVENTS.get_ptr_mut(&UNATTRIBUTED) {
+        // SAFETY: as above.
+        unsafe { *n += 1 };
+    } else {
+        let _ = LOST_EVENTS.insert(&UNATTRIBUTED, &1, 0);
+    }
+}
+
+/// Adds to a per-CPU per-cgroup counter struct, creating it when absent.
+#[inline(always)]
+pub fn bump_faults(cgroup_id: u64, f: impl Fn(&mut FaultCounts)) {
+    for _ in 0..2 {
+        if let Some(c) = FAULT_COUNTS.get_ptr_mut(&cgroup_id) {
+            // SAFETY: a per-CPU value, written only by this CPU while preemption is disabled.
+            f(unsafe { &mut *c });
+            return;
+        }
+        let mut fresh = FaultCounts::default();
+        f(&mut fresh);
+        if FAULT_COUNTS.insert(&cgroup_id, &fresh, BPF_NOEXIST).is_ok() {
+            return;
+        }
+        // EEXIST: another CPU inserted it first; go round once more and add to it.
+    }
+}

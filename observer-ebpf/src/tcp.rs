@@ -1,0 +1,214 @@
+//! Socket call duration: `tcp_sendmsg` / `tcp_recvmsg` in three probe modes.
+//!
+//! * fentry/fexit and kprobe/kretprobe time the kernel functions themselves.
+//! * tracepoint mode times from the entry of a send/recv-family syscall (one raw
+//!   `sys_enter` hook filtered by number) to `sock:sock_send_length` /
+//!   `sock:sock_recv_length`, which fire when the socket call returns (Linux >= 6.3,
+//!   commit 6e6eda44b939 "net: sock: introduce sock_{send,recv}_length tracepoints").
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{fentry, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
+};
+use observer_common::{CallStart, Event, EventKind};
+
+use crate::maps::{CALL_START, SYSCALL_START, current_cgroup, emit};
+
+/// 1 when the sendmsg signal is enabled (set by the daemon).
+#[unsafe(no_mangle)]
+static ENABLE_SEND: Global<u32> = Global::new(1);
+/// 1 when the recvmsg signal is enabled (set by the daemon).
+#[unsafe(no_mangle)]
+static ENABLE_RECV: Global<u32> = Global::new(1);
+/// Parameters of `tcp_recvmsg`: 6 before Linux 5.19 (commit ec095263a965 removed
+/// `nonblock`), 5 since. fexit reads the return value after the last parameter.
+#[unsafe(no_mangle)]
+static RECVMSG_NARGS: Global<u32> = Global::new(5);
+
+// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+const NR_READ: i64 = 0;
+const NR_WRITE: i64 = 1;
+const NR_READV: i64 = 19;
+const NR_WRITEV: i64 = 20;
+const NR_SENDFILE: i64 = 40;
+const NR_SENDTO: i64 = 44;
+const NR_RECVFROM: i64 = 45;
+const NR_SENDMSG: i64 = 46;
+const NR_RECVMSG: i64 = 47;
+const NR_SPLICE: i64 = 275;
+const NR_RECVMMSG: i64 = 299;
+const NR_SENDMMSG: i64 = 307;
+const NR_IO_URING_ENTER: i64 = 426;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+
+// Record layout of sock:sock_send_length / sock_recv_length (checked by the daemon
+// against the tracefs format file before attaching).
+const TP_FAMILY: usize = 16;
+const TP_PROTOCOL: usize = 18;
+const TP_RET: usize = 20;
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn send_event(ctx: &impl EbpfContext, kind: EventKind, duration: u64, ret: i32) {
+    emit(
+        ctx,
+        Event {
+            cgroup_id: current_cgroup(),
+            value: duration,
+            kind: kind as u32,
+            result: ret,
+        },
+    );
+}
+
+// ---------------------------------------------------------------- tracepoint mode
+
+/// Raw `sys_enter`: remembers when the current thread entered a syscall that can reach
+/// `sock_sendmsg` / `sock_recvmsg`. Syscalls that reach them without being one plain
+/// send or receive (sendfile, splice, io_uring_enter) are marked untimed, so that a
+/// stale entry never times them.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn socklat_sys_enter(ctx: RawTracePointContext) -> i32 {
+    let id: i64 = ctx.arg(1);
+    let ts = match id {
+        NR_READ | NR_WRITE | NR_READV | NR_WRITEV | NR_SENDTO | NR_RECVFROM | NR_SENDMSG
+        | NR_RECVMSG | NR_RECVMMSG | NR_SENDMMSG => now(),
+        NR_SENDFILE | NR_SPLICE | NR_IO_URING_ENTER => 0,
+        _ => return 0,
+    };
+    let _ = SYSCALL_START.insert(&bpf_get_current_pid_tgid(), &CallStart { ts }, 0);
+    0
+}
+
+#[inline(always)]
+fn sock_length(ctx: &TracePointContext, kind: EventKind) -> Result<(), i64> {
+    // SAFETY: offsets inside the tracepoint record, verified against the format file.
+    let (family, protocol, ret) = unsafe {
+        (
+            ctx.read_at::<u16>(TP_FAMILY)?,
+            ctx.read_at::<u16>(TP_PROTOCOL)?,
+            ctx.read_at::<i32>(TP_RET)?,
+        )
+    };
+    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+        return Ok(());
+    }
+    let Some(start) = SYSCALL_START.get_ptr_mut(&bpf_get_current_pid_tgid()) else {
+        return Ok(());
+    };
+    // SAFETY: a value of our own map; only this thread writes its own entry.
+    let start = unsafe { &mut *start };
+    if start.ts == 0 {
+        return Ok(());
+    }
+    let t = now();
+    let duration = t.saturating_sub(start.ts);
+    // A syscall that sends several messages (sendmmsg) times each from the end of the last.
+    start.ts = t;
+    send_event(ctx, kind, duration, ret);
+    Ok(())
+}
+
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn socklat_sock_send_length(ctx: TracePointContext) -> u32 {
+    if ENABLE_SEND.load() != 0 {
+        let _ = sock_length(&ctx, EventKind::SendMsg);
+    }
+    0
+}
+
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn socklat_sock_recv_length(ctx: TracePointContext) -> u32 {
+    if ENABLE_RECV.load() != 0 {
+        let _ = sock_length(&ctx, EventKind::RecvMsg);
+    }
+    0
+}
+
+// ---------------------------------------------------------------- fentry and kprobe modes
+
+#[inline(always)]
+fn call_entry() {
+    let _ = CALL_START.insert(&bpf_get_current_pid_tgid(), &CallStart { ts: now() }, 0);
+}
+
+#[inline(always)]
+fn call_exit(ctx: &impl EbpfContext, kind: EventKind, ret: i32) {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: a value of our own map, copied out at once.
+    let Some(start) = (unsafe { CALL_START.get(&key) }).copied() else {
+        return;
+    };
+    let _ = CALL_START.remove(&key);
+    send_event(ctx, kind, now().saturating_sub(start.ts), ret);
+}
+
+#[fentry(function = "tcp_sendmsg")]
+pub fn socklat_fentry_tcp_sendmsg(_ctx: FEntryContext) -> i32 {
+    call_entry();
+    0
+}
+
+#[fexit(function = "tcp_sendmsg")]
+pub fn socklat_fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
+    // int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)
+    let ret: i32 = ctx.arg(3);
+    call_exit(&ctx, EventKind::SendMsg, ret);
+    0
+}
+
+#[fentry(function = "tcp_recvmsg")]
+pub fn socklat_fentry_tcp_recvmsg(_ctx: FEntryContext) -> i32 {
+    call_entry();
+    0
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn socklat_fexit_tcp_recvmsg(ctx: FExitContext) -> i32 {
+    let ret: i32 = if RECVMSG_NARGS.load() == 6 {
+        ctx.arg(6)
+    } else {
+        ctx.arg(5)
+    };
+    call_exit(&ctx, EventKind::RecvMsg, ret);
+    0
+}
+
+#[kprobe]
+pub fn socklat_kprobe_tcp_sendmsg(_ctx: ProbeContext) -> u32 {
+    call_entry();
+    0
+}
+
+#[kretprobe]
+pub fn socklat_kretprobe_tcp_sendmsg(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    call_exit(&ctx, EventKind::SendMsg, ret);
+    0
+}
+
+#[kprobe]
+pub fn socklat_kprobe_tcp_recvmsg(_ctx: ProbeContext) -> u32 {
+    call_entry();
+    0
+}
+
+#[kretprobe]
+pub fn socklat_kretprobe_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    call_exit(&ctx, EventKind::RecvMsg, ret);
+    0
+}
