@@ -1,0 +1,144 @@
+//! The daemon: checks the environment, loads and attaches the probes, starts the collector
+//! and the HTTP server, and shuts down cleanly on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use crate::aggregate::Signal;
+use crate::cgroups::{Resolver, cgroup2_mount};
+use crate::cli::{Cli, ProbeMode};
+use crate::error::Error;
+use crate::loader::{self, Choice};
+use crate::rings::{self, Parts, Settings};
+
+/// Size of the shared ring: it carries every cgroup's events until the cgroup has a ring
+/// of its own, and all events of cgroups over `--max-cgroups`.
+fn shared_ring_size(ring_size: u32) -> u32 {
+    ring_size.saturating_mul(4).max(1 << 20)
+}
+
+/// Before Linux 5.11 BPF memory is charged to `RLIMIT_MEMLOCK`; raise it where allowed.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct; failure is harmless on memcg-accounted kernels.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
+    if rc != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK (fine on Linux >= 5.11)");
+    }
+}
+
+fn classify_load_error(e: Error) -> Error {
+    match e {
+        Error::Load(s) if s.contains("Operation not permitted") || s.contains("EPERM") => {
+            Error::Privileges(s)
+        }
+        e => e,
+    }
+}
+
+/// Runs the daemon; returns the process exit code.
+pub fn run(cli: &Cli) -> Result<i32, Error> {
+    let cgroup_root = cgroup2_mount().map_err(Error::NoCgroup2)?;
+    // Bind first: a port in use is reported before anything is loaded.
+    let listener = if cli.check {
+        None
+    } else {
+        Some(
+            std::net::TcpListener::bind(cli.listen).map_err(|source| Error::Listen {
+                addr: cli.listen,
+                source,
+            })?,
+        )
+    };
+    raise_memlock();
+    let mut loaded =
+        loader::load(cli, shared_ring_size(cli.ring_size)).map_err(classify_load_error)?;
+    let wanted: Vec<&Choice> = loaded.choices.iter().collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|c| c.mode.is_none())
+        .map(|c| c.describe())
+        .collect();
+
+    if cli.check {
+        println!(
+            "socklat {} --check (probe mode {})",
+            env!("CARGO_PKG_VERSION"),
+            cli.probe_mode.name()
+        );
+        println!("cgroup v2 at {}", cgroup_root.display());
+        for c in &loaded.choices {
+            for line in c.describe().lines() {
+                println!("  {line}");
+            }
+        }
+        if cli.enabled(Signal::Connections) {
+            println!("  connections  not available in this build");
+        }
+        return Ok(i32::from(!missing.is_empty()));
+    }
+    if loaded.choices.iter().all(|c| c.mode.is_none())
+        || (cli.probe_mode != ProbeMode::Auto && !missing.is_empty())
+    {
+        return Err(Error::NotAttached(format!(
+            "required probes did not attach:\n  {}",
+            missing.join("\n  ")
+        )));
+    }
+    for m in &missing {
+        log::warn!("signal not observed: {m}");
+    }
+
+    let parts = Parts::take(&mut loaded.ebpf)?;
+    let probes = loaded
+        .choices
+        .iter()
+        .filter_map(|c| c.mode.map(|m| (c.signal, m)))
+        .collect();
+    let (handle, collector) = rings::spawn(
+        parts,
+        Settings {
+            max_cgroups: usize::try_from(cli.max_cgroups).unwrap_or(usize::MAX),
+            window: cli.window,
+            ring_size: cli.ring_size,
+            probes,
+            resolver: Resolver::new(cgroup_root),
+        },
+    )?;
+    let handle = Arc::new(handle);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io("tokio runtime", e))?;
+    let listener = listener.expect("bound unless --check");
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::Io("set_nonblocking", e))?;
+    let addr = cli.listen;
+    rt.block_on(async {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| Error::Io("listener", e))?;
+        log::info!("serving /metrics and /healthz on http://{addr}");
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            Arc::clone(&handle) as Arc<dyn crate::server::Source>,
+        ));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::Io("signal handler", e))?;
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => log::info!("SIGINT: stopping"),
+        }
+        server.abort();
+        Ok::<(), Error>(())
+    })?;
+    handle.stop();
+    let _ = collector.join();
+    // Dropping the object detaches every program and frees the maps.
+    drop(loaded);
+    log::info!("stopped; all probes detached");
+    Ok(0)
+}

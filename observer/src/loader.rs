@@ -1,0 +1,357 @@
+//! Loads the kernel object and attaches, per signal, the best probe mode that works
+//! (or the forced one). The only module besides `rings` that touches aya.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use aya::programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint};
+use aya::util::KernelVersion;
+use aya::{Btf, Ebpf, EbpfLoader};
+use observer_common::names;
+
+use crate::aggregate::Signal;
+use crate::cli::{Cli, ProbeMode};
+use crate::error::Error;
+
+/// The kernel object, built by `cargo xtask build-ebpf` and embedded at build time.
+static EMBEDDED_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SOCKLAT_EMBEDDED_OBJECT_PATH"));
+
+/// What was chosen for one signal, and why.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub signal: Signal,
+    /// The mode in use, or `None` when nothing attached.
+    pub mode: Option<ProbeMode>,
+    /// Modes tried before, with the reason each was not used.
+    pub rejected: Vec<(ProbeMode, String)>,
+    /// What the chosen mode does not give (e.g. page fault durations in tracepoint mode).
+    pub note: Option<&'static str>,
+}
+
+impl Choice {
+    /// What was chosen and why, for the log and `--check`: the signal and mode on the
+    /// first line, then one indented line per mode that was tried and not used.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{:<12}{}",
+            self.signal.name(),
+            self.mode.map_or("NOT ATTACHED", ProbeMode::name)
+        );
+        if let Some(n) = self.note {
+            let _ = write!(s, " ({n})");
+        }
+        for (m, why) in &self.rejected {
+            let _ = write!(s, "\n    {} unavailable: {why}", m.name());
+        }
+        s
+    }
+}
+
+/// The loaded object and what was attached.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub choices: Vec<Choice>,
+}
+
+enum Attach {
+    FEntry(&'static str),
+    FExit(&'static str),
+    KProbe(&'static str),
+    RawTp(&'static str),
+    Tp(&'static str, &'static str),
+}
+
+/// Programs that make up one (signal, mode).
+fn programs(signal: Signal, mode: ProbeMode) -> Vec<(&'static str, Attach)> {
+    use Attach::{FEntry, FExit, KProbe, RawTp, Tp};
+    match (signal, mode) {
+        (Signal::SendMsg, ProbeMode::Fentry) => vec![
+            ("socklat_fentry_tcp_sendmsg", FEntry("tcp_sendmsg")),
+            ("socklat_fexit_tcp_sendmsg", FExit("tcp_sendmsg")),
+        ],
+        (Signal::RecvMsg, ProbeMode::Fentry) => vec![
+            ("socklat_fentry_tcp_recvmsg", FEntry("tcp_recvmsg")),
+            ("socklat_fexit_tcp_recvmsg", FExit("tcp_recvmsg")),
+        ],
+        (Signal::SendMsg, ProbeMode::Kprobe) => vec![
+            ("socklat_kprobe_tcp_sendmsg", KProbe("tcp_sendmsg")),
+            ("socklat_kretprobe_tcp_sendmsg", KProbe("tcp_sendmsg")),
+        ],
+        (Signal::RecvMsg, ProbeMode::Kprobe) => vec![
+            ("socklat_kprobe_tcp_recvmsg", KProbe("tcp_recvmsg")),
+            ("socklat_kretprobe_tcp_recvmsg", KProbe("tcp_recvmsg")),
+        ],
+        (Signal::SendMsg, ProbeMode::Tracepoint) => vec![
+            ("socklat_sys_enter", RawTp("sys_enter")),
+            ("socklat_sock_send_length", Tp("sock", "sock_send_length")),
+        ],
+        (Signal::RecvMsg, ProbeMode::Tracepoint) => vec![
+            ("socklat_sys_enter", RawTp("sys_enter")),
+            ("socklat_sock_recv_length", Tp("sock", "sock_recv_length")),
+        ],
+        // Fault counts come from the exception tracepoints in every mode, so that they
+        // mean the same everywhere; fentry/kprobe add durations and major/minor.
+        (Signal::PageFaults, m) => {
+            let mut v = vec![
+                ("socklat_page_fault_user", RawTp("page_fault_user")),
+                ("socklat_page_fault_kernel", RawTp("page_fault_kernel")),
+            ];
+            match m {
+                ProbeMode::Fentry => {
+                    v.push(("socklat_fentry_handle_mm_fault", FEntry("handle_mm_fault")));
+                    v.push(("socklat_fexit_handle_mm_fault", FExit("handle_mm_fault")));
+                }
+                ProbeMode::Kprobe => {
+                    v.push(("socklat_kprobe_handle_mm_fault", KProbe("handle_mm_fault")));
+                    v.push((
+                        "socklat_kretprobe_handle_mm_fault",
+                        KProbe("handle_mm_fault"),
+                    ));
+                }
+                _ => {}
+            }
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let _ = write!(s, ": {inner}");
+        src = inner.source();
+    }
+    // Verifier logs are long; the first lines say what failed.
+    if s.len() > 400 {
+        s.truncate(400);
+        s.push_str("...");
+    }
+    s
+}
+
+struct Attacher<'a> {
+    ebpf: &'a mut Ebpf,
+    btf: Option<&'a Btf>,
+    attached: BTreeSet<&'static str>,
+}
+
+impl Attacher<'_> {
+    fn attach_one(&mut self, prog: &'static str, how: &Attach) -> Result<(), String> {
+        if self.attached.contains(prog) {
+            return Ok(());
+        }
+        let p = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| format!("program {prog} missing from the kernel object"))?;
+        let r: Result<(), String> = match how {
+            Attach::FEntry(f) => {
+                let btf = self.btf.ok_or("no kernel BTF (/sys/kernel/btf/vmlinux)")?;
+                let p: &mut FEntry = p.try_into().map_err(|e| error_chain(&e))?;
+                p.load(f, btf)
+                    .and_then(|()| p.attach().map(drop))
+                    .map_err(|e| format!("fentry {f}: {}", error_chain(&e)))
+            }
+            Attach::FExit(f) => {
+                let btf = self.btf.ok_or("no kernel BTF (/sys/kernel/btf/vmlinux)")?;
+                let p: &mut FExit = p.try_into().map_err(|e| error_chain(&e))?;
+                p.load(f, btf)
+                    .and_then(|()| p.attach().map(drop))
+                    .map_err(|e| format!("fexit {f}: {}", error_chain(&e)))
+            }
+            Attach::KProbe(f) => {
+                let p: &mut KProbe = p.try_into().map_err(|e| error_chain(&e))?;
+                p.load()
+                    .and_then(|()| p.attach(f, 0).map(drop))
+                    .map_err(|e| format!("kprobe {f}: {}", error_chain(&e)))
+            }
+            Attach::RawTp(tp) => {
+                let p: &mut RawTracePoint = p.try_into().map_err(|e| error_chain(&e))?;
+                p.load()
+                    .and_then(|()| p.attach(tp).map(drop))
+                    .map_err(|e| format!("raw tracepoint {tp}: {}", error_chain(&e)))
+            }
+            Attach::Tp(cat, name) => {
+                check_sock_length_format(cat, name)?;
+                let p: &mut TracePoint = p.try_into().map_err(|e| error_chain(&e))?;
+                p.load()
+                    .and_then(|()| p.attach(cat, name).map(drop))
+                    .map_err(|e| format!("tracepoint {cat}:{name}: {}", error_chain(&e)))
+            }
+        };
+        if r.is_ok() {
+            self.attached.insert(prog);
+        } else {
+            self.unload(prog);
+        }
+        r
+    }
+
+    fn unload(&mut self, prog: &'static str) {
+        if let Some(p) = self.ebpf.program_mut(prog) {
+            let _ = match p {
+                aya::programs::Program::FEntry(p) => p.unload(),
+                aya::programs::Program::FExit(p) => p.unload(),
+                aya::programs::Program::KProbe(p) => p.unload(),
+                aya::programs::Program::RawTracePoint(p) => p.unload(),
+                aya::programs::Program::TracePoint(p) => p.unload(),
+                _ => Ok(()),
+            };
+        }
+        self.attached.remove(prog);
+    }
+
+    /// Attaches every program of (signal, mode), or none of those it newly attached.
+    fn attach_mode(&mut self, signal: Signal, mode: ProbeMode) -> Result<(), String> {
+        let progs = programs(signal, mode);
+        if progs.is_empty() {
+            return Err(format!("{} has no {} probes", signal.name(), mode.name()));
+        }
+        let mut newly = Vec::new();
+        for (prog, how) in &progs {
+            let was = self.attached.contains(prog);
+            if let Err(e) = self.attach_one(prog, how) {
+                for p in newly {
+                    self.unload(p);
+                }
+                return Err(e);
+            }
+            if !was {
+                newly.push(*prog);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where tracefs is (classic tracepoints need it); mounts it when absent and allowed.
+fn tracefs() -> Result<&'static Path, String> {
+    for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(p).join("events").is_dir() {
+            return Ok(Path::new(p));
+        }
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: valid NUL-terminated strings; mount(2) does not keep the pointers.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 && Path::new("/sys/kernel/tracing/events").is_dir() {
+        log::info!("mounted tracefs at /sys/kernel/tracing");
+        return Ok(Path::new("/sys/kernel/tracing"));
+    }
+    Err(
+        "tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing \
+         (in a container, mount the host's /sys/kernel/tracing)"
+            .into(),
+    )
+}
+
+/// The kernel program reads `family`, `protocol` and `ret` at fixed offsets of the
+/// sock_*_length record; refuse to attach if this kernel lays the record out otherwise.
+fn check_sock_length_format(cat: &str, name: &str) -> Result<(), String> {
+    let path = tracefs()?
+        .join("events")
+        .join(cat)
+        .join(name)
+        .join("format");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!("no tracepoint {cat}:{name} in this kernel (needs Linux >= 6.3)")
+        } else {
+            format!("cannot read {}: {e}", path.display())
+        }
+    })?;
+    for (field, offset) in [("family", 16), ("protocol", 18), ("ret", 20)] {
+        let ok = text
+            .lines()
+            .any(|l| l.contains(&format!(" {field};")) && l.contains(&format!("offset:{offset};")));
+        if !ok {
+            return Err(format!(
+                "{cat}:{name} has an unexpected record layout ({field} not at offset {offset})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Loads the object and attaches the enabled signals. Fails only for errors that leave
+/// nothing to run (no object, no privileges); a signal that cannot attach is reported in
+/// its [`Choice`].
+pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, Error> {
+    let bytes_owned;
+    let bytes: &[u8] = match &cli.ebpf_object {
+        Some(p) => {
+            bytes_owned = std::fs::read(p).map_err(|source| Error::Object {
+                path: p.clone(),
+                source,
+            })?;
+            &bytes_owned
+        }
+        None => EMBEDDED_OBJECT,
+    };
+    let recvmsg_nargs: u32 = match KernelVersion::current() {
+        Ok(v) if v < KernelVersion::new(5, 19, 0) => 6,
+        _ => 5,
+    };
+    let enable_send = u32::from(cli.enabled(Signal::SendMsg));
+    let enable_recv = u32::from(cli.enabled(Signal::RecvMsg));
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::ENABLE_SEND, &enable_send, true)
+        .override_global(names::ENABLE_RECV, &enable_recv, true)
+        .override_global(names::RECVMSG_NARGS, &recvmsg_nargs, true)
+        .map_max_entries(names::CGROUP_RINGS, cli.max_cgroups)
+        .map_max_entries(names::SHARED_RING, shared_ring_size)
+        .load(bytes)
+        .map_err(|e| Error::Load(error_chain(&e)))?;
+
+    let btf = Btf::from_sys_fs().ok();
+    let mut attacher = Attacher {
+        ebpf: &mut ebpf,
+        btf: btf.as_ref(),
+        attached: BTreeSet::new(),
+    };
+    let mut choices = Vec::new();
+    for signal in Signal::ALL {
+        if !cli.enabled(signal) || signal == Signal::Connections {
+            continue;
+        }
+        let modes: &[ProbeMode] = match cli.probe_mode {
+            ProbeMode::Auto => &[ProbeMode::Fentry, ProbeMode::Kprobe, ProbeMode::Tracepoint],
+            ProbeMode::Fentry => &[ProbeMode::Fentry],
+            ProbeMode::Kprobe => &[ProbeMode::Kprobe],
+            ProbeMode::Tracepoint => &[ProbeMode::Tracepoint],
+        };
+        let mut choice = Choice {
+            signal,
+            mode: None,
+            rejected: Vec::new(),
+            note: None,
+        };
+        for &mode in modes {
+            match attacher.attach_mode(signal, mode) {
+                Ok(()) => {
+                    choice.mode = Some(mode);
+                    if signal == Signal::PageFaults && mode == ProbeMode::Tracepoint {
+                        choice.note = Some("counts only: no durations or major/minor");
+                    }
+                    break;
+                }
+                Err(why) => choice.rejected.push((mode, why)),
+            }
+        }
+        log::info!("probe: {}", choice.describe());
+        choices.push(choice);
+    }
+    Ok(Loaded { ebpf, choices })
+}

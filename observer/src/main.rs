@@ -1,0 +1,15 @@
+//! The `socklat` daemon binary.
+
+use clap::Parser;
+
+fn main() {
+    let cli = observer::cli::Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match observer::daemon::run(&cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("socklat: error: {e}");
+            std::process::exit(1);
+        }
+    }
+}

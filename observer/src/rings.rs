@@ -1,0 +1,451 @@
+//! The collector: one thread that owns every ring buffer and all aggregation state. It
+//! waits in epoll on the shared ring, the per-cgroup rings, the aya-log ring and a control
+//! eventfd; drains whichever is readable in batches; creates a ring for each cgroup it
+//! admits; and answers scrape requests with a snapshot. Nothing here is shared with the
+//! HTTP side but a channel, so a scrape never holds a lock the event path needs.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashOfMaps, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::util::nr_cpus;
+use observer_common::{Event, FaultCounts, UNATTRIBUTED, names};
+use tokio::sync::oneshot;
+
+use crate::aggregate::{Admission, Aggregator, IdMap, Signal};
+use crate::cgroups::Resolver;
+use crate::cli::ProbeMode;
+use crate::error::Error;
+use crate::metrics::{Row, Scrape, other_labels};
+use crate::server::Source;
+
+const TOKEN_CONTROL: u64 = 0;
+const TOKEN_LOG: u64 = 1;
+const TOKEN_SHARED: u64 = 2;
+const TOKEN_FIRST_RING: u64 = 3;
+/// Most records taken from one ring per wake-up, so one busy cgroup cannot starve others.
+const BATCH: usize = 8192;
+
+/// A tiny epoll wrapper.
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: epoll_create1 has no pointer arguments.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn add(&self, fd: RawFd, token: u64) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` outlives the call; fds are valid.
+        let rc =
+            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &raw mut ev) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn wait(&self, out: &mut [libc::epoll_event], timeout_ms: i32) -> usize {
+        let max = i32::try_from(out.len()).unwrap_or(i32::MAX);
+        // SAFETY: `out` is valid for `max` entries.
+        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), out.as_mut_ptr(), max, timeout_ms) };
+        usize::try_from(n).unwrap_or(0)
+    }
+}
+
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: eventfd has no pointer arguments.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64.
+    let _ = unsafe { libc::write(fd, (&raw const one).cast(), 8) };
+}
+
+fn eventfd_drain(fd: RawFd) {
+    let mut v: u64 = 0;
+    // SAFETY: reads 8 bytes into a valid u64.
+    let _ = unsafe { libc::read(fd, (&raw mut v).cast(), 8) };
+}
+
+/// The HTTP side's handle on the collector.
+pub struct Handle {
+    requests: mpsc::Sender<oneshot::Sender<Scrape>>,
+    wake: Arc<OwnedFd>,
+    ready: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Handle {
+    /// Asks the collector thread to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        eventfd_signal(self.wake.as_raw_fd());
+    }
+}
+
+impl Source for Handle {
+    fn request(&self) -> oneshot::Receiver<Scrape> {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(tx).is_ok() {
+            eventfd_signal(self.wake.as_raw_fd());
+        }
+        rx
+    }
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Maps and settings the collector takes from the loaded object.
+pub struct Parts {
+    pub shared: RingBuf<MapData>,
+    pub outer: HashOfMaps<MapData, u64, RingBuf<MapData>>,
+    pub lost: PerCpuHashMap<MapData, u64, u64>,
+    pub faults: PerCpuHashMap<MapData, u64, FaultCounts>,
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Parts {
+    /// Takes the collector's maps out of the loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, Error> {
+        let map = |ebpf: &mut aya::Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(Error::MissingMap(name))
+        };
+        let conv =
+            |name: &'static str| move |e: aya::maps::MapError| Error::Map(name, e.to_string());
+        let logger = match aya_log::EbpfLogger::init(ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("kernel log messages unavailable: {e}");
+                None
+            }
+        };
+        Ok(Self {
+            shared: RingBuf::try_from(map(ebpf, names::SHARED_RING)?)
+                .map_err(conv(names::SHARED_RING))?,
+            outer: HashOfMaps::try_from(map(ebpf, names::CGROUP_RINGS)?)
+                .map_err(conv(names::CGROUP_RINGS))?,
+            lost: PerCpuHashMap::try_from(map(ebpf, names::LOST_EVENTS)?)
+                .map_err(conv(names::LOST_EVENTS))?,
+            faults: PerCpuHashMap::try_from(map(ebpf, names::FAULT_COUNTS)?)
+                .map_err(conv(names::FAULT_COUNTS))?,
+            logger,
+        })
+    }
+}
+
+struct Slot {
+    cgroup_id: u64,
+    ring: RingBuf<MapData>,
+}
+
+struct Collector {
+    parts: Parts,
+    slots: Vec<Option<Slot>>,
+    by_cgroup: IdMap<usize>,
+    agg: Aggregator,
+    resolver: Resolver,
+    epoll: Epoll,
+    wake: Arc<OwnedFd>,
+    requests: mpsc::Receiver<oneshot::Sender<Scrape>>,
+    stop: Arc<AtomicBool>,
+    start: Instant,
+    ring_size: u32,
+    probes: Vec<(Signal, ProbeMode)>,
+    ring_create_failures: u64,
+}
+
+/// Settings of the collector.
+pub struct Settings {
+    pub max_cgroups: usize,
+    pub window: Duration,
+    pub ring_size: u32,
+    pub probes: Vec<(Signal, ProbeMode)>,
+    pub resolver: Resolver,
+}
+
+/// Starts the collector thread.
+pub fn spawn(
+    mut parts: Parts,
+    settings: Settings,
+) -> Result<(Handle, std::thread::JoinHandle<()>), Error> {
+    let epoll = Epoll::new().map_err(|e| Error::Io("epoll_create1", e))?;
+    let wake = Arc::new(eventfd().map_err(|e| Error::Io("eventfd", e))?);
+    epoll
+        .add(wake.as_raw_fd(), TOKEN_CONTROL)
+        .map_err(|e| Error::Io("epoll_ctl", e))?;
+    epoll
+        .add(parts.shared.as_fd().as_raw_fd(), TOKEN_SHARED)
+        .map_err(|e| Error::Io("epoll_ctl", e))?;
+    if let Some(l) = &parts.logger {
+        epoll
+            .add(l.as_fd().as_raw_fd(), TOKEN_LOG)
+            .map_err(|e| Error::Io("epoll_ctl", e))?;
+    }
+    // The unattributed-loss slot always exists, so the kernel can count into it.
+    let cpus = nr_cpus().map_err(|(_, e)| Error::Io("nr_cpus", e))?;
+    let zeros = PerCpuValues::try_from(vec![0u64; usize::try_from(cpus.get()).unwrap_or(1)])
+        .map_err(|e| Error::Io("per-cpu values", e))?;
+    parts
+        .lost
+        .insert(&UNATTRIBUTED, zeros, 0)
+        .map_err(|e| Error::Map(names::LOST_EVENTS, e.to_string()))?;
+
+    let (tx, rx) = mpsc::channel();
+    let ready = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = Handle {
+        requests: tx,
+        wake: Arc::clone(&wake),
+        ready,
+        stop: Arc::clone(&stop),
+    };
+    let mut c = Collector {
+        parts,
+        slots: Vec::new(),
+        by_cgroup: IdMap::default(),
+        agg: Aggregator::new(settings.max_cgroups, settings.window),
+        resolver: settings.resolver,
+        epoll,
+        wake,
+        requests: rx,
+        stop,
+        start: Instant::now(),
+        ring_size: settings.ring_size,
+        probes: settings.probes,
+        ring_create_failures: 0,
+    };
+    let join = std::thread::Builder::new()
+        .name("socklat-collector".into())
+        .spawn(move || c.run())
+        .map_err(|e| Error::Io("spawn collector thread", e))?;
+    Ok((handle, join))
+}
+
+impl Collector {
+    fn run(&mut self) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
+        while !self.stop.load(Ordering::Acquire) {
+            let n = self.epoll.wait(&mut events, 1000);
+            for ev in &events[..n] {
+                let token = ev.u64;
+                match token {
+                    TOKEN_CONTROL => {
+                        eventfd_drain(self.wake.as_raw_fd());
+                        self.answer_requests();
+                    }
+                    TOKEN_LOG => {
+                        if let Some(l) = &mut self.parts.logger {
+                            l.flush();
+                        }
+                    }
+                    TOKEN_SHARED => self.drain_shared(),
+                    t => {
+                        let i = usize::try_from(t - TOKEN_FIRST_RING).unwrap_or(usize::MAX);
+                        self.drain_slot(i);
+                    }
+                }
+            }
+        }
+        // Final drain so that nothing read before the stop is left uncounted in the log.
+        if let Some(l) = &mut self.parts.logger {
+            l.flush();
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.agg.epoch(self.start.elapsed())
+    }
+
+    fn drain_slot(&mut self, i: usize) {
+        let epoch = self.epoch();
+        let Some(Some(slot)) = self.slots.get_mut(i) else {
+            return;
+        };
+        let mut sink = self.agg.sink(slot.cgroup_id, epoch);
+        let mut n = 0;
+        while n < BATCH {
+            let Some(item) = slot.ring.next() else { break };
+            sink.push(&item);
+            n += 1;
+        }
+    }
+
+    fn drain_shared(&mut self) {
+        let epoch = self.epoch();
+        let mut n = 0;
+        while n < BATCH {
+            let Some(item) = self.parts.shared.next() else {
+                break;
+            };
+            n += 1;
+            let Some(ev) = Event::from_bytes(&item) else {
+                self.agg.unknown_events += 1;
+                continue;
+            };
+            drop(item);
+            let admission = self.agg.record_shared(&ev, epoch);
+            if admission != Admission::Other && !self.by_cgroup.contains_key(&ev.cgroup_id) {
+                self.give_ring(ev.cgroup_id);
+            }
+        }
+    }
+
+    /// Creates a ring for a newly admitted cgroup and tells the kernel to use it.
+    fn give_ring(&mut self, cgroup_id: u64) {
+        let ring = match RingBuf::create(self.ring_size, 0) {
+            Ok(r) => r,
+            Err(e) => {
+                self.ring_create_failures += 1;
+                if self.ring_create_failures == 1 {
+                    log::warn!(
+                        "cannot create a ring for cgroup {cgroup_id} ({e}); its events stay on the shared ring"
+                    );
+                }
+                // Do not try again for this cgroup on every event.
+                self.by_cgroup.insert(cgroup_id, usize::MAX);
+                return;
+            }
+        };
+        let i = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.slots.len());
+        let token = TOKEN_FIRST_RING + i as u64;
+        if let Err(e) = self.epoll.add(ring.as_fd().as_raw_fd(), token) {
+            log::warn!("epoll_ctl for cgroup {cgroup_id}'s ring: {e}");
+            self.by_cgroup.insert(cgroup_id, usize::MAX);
+            return;
+        }
+        if let Err(e) = self.parts.outer.insert(&cgroup_id, &ring, 0) {
+            self.ring_create_failures += 1;
+            if self.ring_create_failures == 1 {
+                log::warn!(
+                    "cannot install a ring for cgroup {cgroup_id} ({e}); its events stay on the shared ring"
+                );
+            }
+            self.by_cgroup.insert(cgroup_id, usize::MAX);
+            return;
+        }
+        let slot = Slot { cgroup_id, ring };
+        if i == self.slots.len() {
+            self.slots.push(Some(slot));
+        } else {
+            self.slots[i] = Some(slot);
+        }
+        self.by_cgroup.insert(cgroup_id, i);
+        log::debug!("cgroup {cgroup_id}: own ring, slot {i}");
+    }
+
+    fn drain_everything(&mut self) {
+        // Until every ring reads empty: a scrape sees every event submitted before it.
+        loop {
+            let before = self.agg.received();
+            self.drain_shared();
+            for i in 0..self.slots.len() {
+                self.drain_slot(i);
+            }
+            if self.agg.received() == before {
+                break;
+            }
+        }
+    }
+
+    fn answer_requests(&mut self) {
+        let mut pending = Vec::new();
+        while let Ok(tx) = self.requests.try_recv() {
+            pending.push(tx);
+        }
+        if pending.is_empty() {
+            return;
+        }
+        self.drain_everything();
+        let scrape = self.scrape();
+        for tx in pending {
+            let _ = tx.send(scrape.clone());
+        }
+    }
+
+    fn scrape(&mut self) -> Scrape {
+        let epoch = self.epoch();
+        let mut faults: IdMap<FaultCounts> = IdMap::default();
+        for (id, per_cpu) in self.parts.faults.iter().flatten() {
+            let mut sum = FaultCounts::default();
+            for c in per_cpu.iter() {
+                sum.user += c.user;
+                sum.kernel += c.kernel;
+                sum.major += c.major;
+                sum.minor += c.minor;
+            }
+            faults.insert(id, sum);
+        }
+        let mut lost: IdMap<u64> = IdMap::default();
+        for (id, per_cpu) in self.parts.lost.iter().flatten() {
+            lost.insert(id, per_cpu.iter().sum());
+        }
+        // Cgroups known only from their kernel counters get series too, if there is room.
+        for id in faults.keys().chain(lost.keys()) {
+            if *id != UNATTRIBUTED {
+                let _ = self.agg.admit(*id);
+            }
+        }
+        let mut rows = Vec::new();
+        let mut other = Row {
+            labels: other_labels(),
+            snap: None,
+            faults: FaultCounts::default(),
+            lost: lost.remove(&UNATTRIBUTED).unwrap_or(0),
+        };
+        let mut events = [0u64; Signal::ALL.len()];
+        for snap in self.agg.snapshot(epoch) {
+            for (t, e) in events.iter_mut().zip(snap.events) {
+                *t += e;
+            }
+            match snap.id {
+                Some(id) => rows.push(Row {
+                    labels: self.resolver.resolve(id),
+                    faults: faults.remove(&id).unwrap_or_default(),
+                    lost: lost.remove(&id).unwrap_or(0),
+                    snap: Some(snap),
+                }),
+                None => other.snap = Some(snap),
+            }
+        }
+        // What is left belongs to cgroups over the limit.
+        for f in faults.values() {
+            other.faults.user += f.user;
+            other.faults.kernel += f.kernel;
+            other.faults.major += f.major;
+            other.faults.minor += f.minor;
+        }
+        other.lost += lost.values().sum::<u64>();
+        rows.push(other);
+        Scrape {
+            rows,
+            probes: self.probes.clone(),
+            tracked: self.agg.tracked(),
+            events,
+        }
+    }
+}

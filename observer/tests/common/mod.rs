@@ -1,0 +1,340 @@
+//! Test harness for the privileged tests: the real daemon as a child process, real cgroup
+//! v2 groups, worker processes placed in them, and a Prometheus text parser.
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the harness"
+)]
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The daemon binary built by cargo for these tests.
+pub const SOCKLAT: &str = env!("CARGO_BIN_EXE_socklat");
+
+/// Where cgroup v2 is mounted on this machine.
+pub fn cgroup2_root() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    observer::cgroups::cgroup2_mount_from(&info).expect("cgroup v2 must be mounted for these tests")
+}
+
+/// A cgroup v2 group made by the test; removed on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    /// Path relative to the cgroup v2 mount: the daemon's `cgroup` label.
+    pub label: String,
+    procs: CString,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let root = cgroup2_root();
+        let dir = format!("socklat-test-{}-{name}", std::process::id());
+        let path = root.join(&dir);
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        let procs = CString::new(path.join("cgroup.procs").to_string_lossy().as_bytes()).unwrap();
+        Self {
+            path,
+            label: format!("/{dir}"),
+            procs,
+        }
+    }
+
+    /// The cgroup id (inode number of its directory), as `bpf_get_current_cgroup_id` sees it.
+    pub fn id(&self) -> u64 {
+        std::fs::metadata(&self.path).unwrap().ino()
+    }
+
+    /// A command that runs in this cgroup from its first instruction after exec.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        let procs = self.procs.clone();
+        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0\n".as_ptr().cast(), 2);
+                libc::close(fd);
+                if n != 2 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Moves an already running process into this cgroup.
+    pub fn adopt(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .expect("move pid into cgroup");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A running daemon, stopped with SIGTERM on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    /// Starts `socklat` on a free loopback port with the given extra flags and waits until
+    /// /healthz says the probes are attached.
+    pub fn start(extra: &[&str]) -> Self {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(SOCKLAT)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start socklat");
+        let mut d = Daemon { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                panic!("socklat exited early: {status}");
+            }
+            if let Ok((code, _)) = http_get(addr, "/healthz")
+                && code == 200
+            {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "socklat did not become healthy in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn scrape(&self) -> Metrics {
+        let (code, body) = http_get(self.addr, "/metrics").expect("scrape");
+        assert_eq!(code, 200, "scrape failed: {body}");
+        Metrics::parse(&body)
+    }
+
+    pub fn scrape_text(&self) -> String {
+        http_get(self.addr, "/metrics").expect("scrape").1
+    }
+
+    /// SIGTERM, and the time it took to exit.
+    pub fn terminate(&mut self) -> Duration {
+        let t = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGTERM) };
+        let deadline = t + Duration::from_secs(10);
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return t.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "socklat did not stop within 10 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(i32::try_from(self.child.id()).unwrap_or(0), libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Samples of one scrape: (name, labels) -> value.
+pub struct Metrics(pub Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let mut v = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let (head, value) = line.rsplit_once(' ').expect("sample line");
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+            let (name, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n.to_string(), parse_labels(rest.trim_end_matches('}'))),
+                None => (head.to_string(), BTreeMap::new()),
+            };
+            v.push((name, labels, value));
+        }
+        Metrics(v)
+    }
+
+    /// The value of the one sample with this name whose labels include all of `want`.
+    pub fn get(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = self
+            .0
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert!(
+            found.len() <= 1,
+            "{name} {want:?} matches {} samples",
+            found.len()
+        );
+        found.first().copied()
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let mut val = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        val.push(match n {
+                            'n' => '\n',
+                            other => other,
+                        });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => val.push(c),
+            }
+        }
+        out.insert(k.trim_start_matches(',').to_string(), val);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// The exact q-quantile of sorted samples (rank ceil(q*n)), as `HdrHistogram` defines it.
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted[rank - 1]
+}
+
+/// Runs this test binary's `#[ignore]`d role test `role` in `cgroup` with the given
+/// environment, and returns its output lines that start with `@`.
+pub fn run_role(cgroup: &TestCgroup, role: &str, env: &[(&str, String)]) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = cgroup.command(exe.to_str().unwrap());
+    cmd.args([
+        "--exact",
+        role,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env("SOCKLAT_TEST_ROLE", role)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn role")
+}
+
+/// Waits for a role process and returns its `@` lines.
+pub fn role_output(child: Child) -> Vec<String> {
+    let out = child.wait_with_output().expect("role output");
+    assert!(out.status.success(), "role process failed: {}", out.status);
+    BufReader::new(&out.stdout[..])
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.strip_prefix('@').map(str::to_string))
+        .collect()
+}
+
+/// Checks text exposition with promtool (installed by .ci/run).
+pub fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed for the privileged tests");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,501 @@
+//! Privileged integration tests: the real daemon loads the real probes (tracepoint mode,
+//! the one this machine's kernel allows), the tests make real traffic and page faults in
+//! real cgroup v2 groups, and compare the daemon's numbers with their own measurements.
+//!
+//! Run by `cargo xtask test` as root, one test at a time (they share kernel state).
+
+#![expect(
+    clippy::cast_precision_loss,
+    reason = "counts and durations in these tests are far below 2^52"
+)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, TestCgroup, promtool_check, quantile, role_output, run_role};
+
+const RESPONSE_LEN: usize = 32;
+
+fn role() -> Option<String> {
+    std::env::var("SOCKLAT_TEST_ROLE").ok()
+}
+
+// ------------------------------------------------------------------ worker roles
+// These run only when re-executed by a test with SOCKLAT_TEST_ROLE set, inside a cgroup.
+
+/// Request/response client: for each delay in `SOCKLAT_TEST_DELAYS_US`, sends one 8-byte
+/// request asking the server to wait that long, and reads the 32-byte answer. Prints the
+/// duration of every send and recv call it made, measured around the call.
+#[test]
+#[ignore = "worker role, run by the privileged tests"]
+fn role_client() {
+    use std::fmt::Write as _;
+
+    if role().as_deref() != Some("role_client") {
+        return;
+    }
+    let addr: SocketAddr = std::env::var("SOCKLAT_TEST_ADDR").unwrap().parse().unwrap();
+    let delays: Vec<u32> = std::env::var("SOCKLAT_TEST_DELAYS_US")
+        .unwrap()
+        .split(',')
+        .map(|d| d.parse().unwrap())
+        .collect();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut out = String::new();
+    let mut buf = [0u8; 256];
+    for (seq, d) in delays.iter().enumerate() {
+        let mut req = [0u8; 8];
+        req[..4].copy_from_slice(&d.to_le_bytes());
+        req[4..].copy_from_slice(&u32::try_from(seq).unwrap().to_le_bytes());
+        let t = Instant::now();
+        let n = s.write(&req).unwrap();
+        writeln!(out, "@send {}", t.elapsed().as_nanos()).unwrap();
+        assert_eq!(n, req.len(), "short send");
+        let mut got = 0;
+        while got < RESPONSE_LEN {
+            let t = Instant::now();
+            let n = s.read(&mut buf).unwrap();
+            writeln!(out, "@recv {}", t.elapsed().as_nanos()).unwrap();
+            assert!(n > 0, "server closed early");
+            got += n;
+        }
+    }
+    print!("{out}");
+}
+
+/// Maps `SOCKLAT_TEST_PAGES` fresh anonymous pages, touches each once, and prints the
+/// kernel's own fault counters for this process (/proc/self/stat minflt, majflt).
+#[test]
+#[ignore = "worker role, run by the privileged tests"]
+fn role_faulter() {
+    if role().as_deref() != Some("role_faulter") {
+        return;
+    }
+    let pages: usize = std::env::var("SOCKLAT_TEST_PAGES")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
+    let len = pages * page;
+    // SAFETY: a fresh private anonymous mapping, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    // One fault per page: no transparent huge pages here.
+    // SAFETY: the range is our mapping.
+    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    for i in 0..pages {
+        // SAFETY: inside the mapping.
+        unsafe { std::ptr::write_volatile(p.cast::<u8>().add(i * page), 1) };
+    }
+    // SAFETY: our mapping.
+    unsafe { libc::munmap(p, len) };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which is in parentheses): minflt is field 10, majflt 12.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    println!("@faults {} {}", f[7], f[9]);
+}
+
+// ------------------------------------------------------------------ traffic helpers
+
+/// A server in the test's own cgroup that answers each 8-byte request after the delay it
+/// names, with 32 bytes.
+fn delay_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                c.set_nodelay(true).unwrap();
+                let mut req = [0u8; 8];
+                while c.read_exact(&mut req).is_ok() {
+                    let d = u32::from_le_bytes(req[..4].try_into().unwrap());
+                    std::thread::sleep(Duration::from_micros(u64::from(d)));
+                    if c.write_all(&[7u8; RESPONSE_LEN]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Deterministic delays spread uniformly over [lo, hi] microseconds.
+fn delays(n: usize, lo: u32, hi: u32, seed: u64) -> Vec<u32> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            lo + u32::try_from(x % u64::from(hi - lo + 1)).unwrap()
+        })
+        .collect()
+}
+
+struct Measured {
+    send: Vec<u64>,
+    recv: Vec<u64>,
+}
+
+fn parse_calls(lines: &[String]) -> Measured {
+    let mut m = Measured {
+        send: Vec::new(),
+        recv: Vec::new(),
+    };
+    for l in lines {
+        let (kind, ns) = l.split_once(' ').unwrap();
+        let ns: u64 = ns.parse().unwrap();
+        match kind {
+            "send" => m.send.push(ns),
+            "recv" => m.recv.push(ns),
+            _ => {}
+        }
+    }
+    m.send.sort_unstable();
+    m.recv.sort_unstable();
+    m
+}
+
+fn join(d: &[u32]) -> String {
+    d.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+// ------------------------------------------------------------------ tests
+
+/// Issue 2's smoke test: probes load, loopback traffic in a cgroup of our own reaches the
+/// daemon through the ring buffers, and /metrics shows it under that cgroup.
+#[test]
+fn events_arrive_through_the_ring_buffers() {
+    if role().is_some() {
+        return;
+    }
+    let daemon = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let server = delay_server();
+    let cg = TestCgroup::new("smoke");
+    let client = run_role(
+        &cg,
+        "role_client",
+        &[
+            ("SOCKLAT_TEST_ADDR", server.to_string()),
+            ("SOCKLAT_TEST_DELAYS_US", join(&[100; 50])),
+        ],
+    );
+    let m = parse_calls(&role_output(client));
+    let scrape = daemon.scrape();
+    let l = [("cgroup", cg.label.as_str())];
+    let sends = scrape.get(
+        "socklat_tcp_calls_total",
+        &[l[0], ("call", "sendmsg"), ("result", "ok")],
+    );
+    let recvs = scrape.get(
+        "socklat_tcp_calls_total",
+        &[l[0], ("call", "recvmsg"), ("result", "ok")],
+    );
+    assert_eq!(
+        sends,
+        Some(m.send.len() as f64),
+        "sendmsg calls in {}",
+        cg.label
+    );
+    assert_eq!(
+        recvs,
+        Some(m.recv.len() as f64),
+        "recvmsg calls in {}",
+        cg.label
+    );
+    assert!(
+        scrape.get(
+            "socklat_probe_info",
+            &[("signal", "sendmsg"), ("mode", "tracepoint")]
+        ) == Some(1.0)
+    );
+    assert!(
+        scrape
+            .get("socklat_events_total", &[("signal", "sendmsg")])
+            .unwrap()
+            >= 50.0
+    );
+}
+
+/// Issue 3: two cgroups whose clients see different server delays (about 2 ms and about
+/// 20 ms, each with spread) at the same time. For each cgroup and call the daemon's count
+/// equals the calls the client made, and its window quantiles agree with the client's own
+/// measurements.
+///
+/// Tolerance: |daemon - test| <= 1.5% of the test's value + 100 us. The daemon's interval
+/// (syscall entry to sock_*_length) lies inside the test's (`Instant::now()` around the
+/// call), shorter by the syscall's entry/exit and the clock reads, a few microseconds;
+/// `HdrHistogram` at 2 significant figures answers with the highest value of the exact
+/// value's bucket, at most 1% above; the rest covers a preemption between the tracepoint
+/// and the user-space clock read on this 2-core machine.
+#[test]
+fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
+    if role().is_some() {
+        return;
+    }
+    let daemon = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let server = delay_server();
+    let fast = TestCgroup::new("fast");
+    let slow = TestCgroup::new("slow");
+    let fast_delays = delays(400, 1_000, 3_000, 0x1234_5678);
+    let slow_delays = delays(120, 10_000, 30_000, 0x9abc_def0);
+    let c1 = run_role(
+        &fast,
+        "role_client",
+        &[
+            ("SOCKLAT_TEST_ADDR", server.to_string()),
+            ("SOCKLAT_TEST_DELAYS_US", join(&fast_delays)),
+        ],
+    );
+    let c2 = run_role(
+        &slow,
+        "role_client",
+        &[
+            ("SOCKLAT_TEST_ADDR", server.to_string()),
+            ("SOCKLAT_TEST_DELAYS_US", join(&slow_delays)),
+        ],
+    );
+    let measured = [
+        (&fast, parse_calls(&role_output(c1))),
+        (&slow, parse_calls(&role_output(c2))),
+    ];
+    let text = daemon.scrape_text();
+    promtool_check(&text);
+    let scrape = common::Metrics::parse(&text);
+
+    for (cg, m) in &measured {
+        for (call, samples) in [("sendmsg", &m.send), ("recvmsg", &m.recv)] {
+            let base = [("cgroup", cg.label.as_str()), ("call", call)];
+            let ok = scrape.get(
+                "socklat_tcp_calls_total",
+                &[base[0], base[1], ("result", "ok")],
+            );
+            assert_eq!(
+                ok,
+                Some(samples.len() as f64),
+                "{call} count in {}",
+                cg.label
+            );
+            for other in ["eagain", "error"] {
+                let n = scrape.get(
+                    "socklat_tcp_calls_total",
+                    &[base[0], base[1], ("result", other)],
+                );
+                assert_eq!(n, Some(0.0), "{call} {other} in {}", cg.label);
+            }
+            let hcount = scrape.get("socklat_tcp_call_duration_seconds_count", &base);
+            assert_eq!(
+                hcount,
+                Some(samples.len() as f64),
+                "histogram count {call} {}",
+                cg.label
+            );
+            for q in ["0.5", "0.9", "0.99"] {
+                let got = scrape
+                    .get(
+                        "socklat_tcp_call_latency_seconds",
+                        &[base[0], base[1], ("quantile", q)],
+                    )
+                    .unwrap_or_else(|| panic!("no {call} q{q} for {}", cg.label));
+                let want = quantile(samples, q.parse().unwrap()) as f64 / 1e9;
+                let tol = want * 0.015 + 100e-6;
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{} {call} q{q}: daemon {got:.6}s vs test {want:.6}s (tolerance {tol:.6}s)",
+                    cg.label
+                );
+            }
+        }
+        eprintln!(
+            "{}: {} sends, {} recvs, recv p50 {:.3} ms p99 {:.3} ms",
+            cg.label,
+            m.send.len(),
+            m.recv.len(),
+            quantile(&m.recv, 0.5) as f64 / 1e6,
+            quantile(&m.recv, 0.99) as f64 / 1e6
+        );
+    }
+    // The two groups really are told apart: the slow group's median recv is ~10x the fast one's.
+    let p50 = |cg: &TestCgroup| {
+        scrape
+            .get(
+                "socklat_tcp_call_latency_seconds",
+                &[
+                    ("cgroup", cg.label.as_str()),
+                    ("call", "recvmsg"),
+                    ("quantile", "0.5"),
+                ],
+            )
+            .unwrap()
+    };
+    assert!(p50(&slow) > 5.0 * p50(&fast));
+}
+
+/// Issue 5: page fault counts per cgroup agree with the kernel's own per-process counters,
+/// and a cgroup whose process does not fault stays near zero.
+///
+/// Tolerance: the daemon counts every page fault exception of the cgroup's processes
+/// (`exceptions:page_fault_user/kernel`); /proc/PID/stat counts faults accounted by the mm
+/// (`mm_account_fault`). The exception count may be higher by spurious faults and retried
+/// ones, and by the few faults of the process's exit after it read its counters: we allow
+/// +2% + 64. It may never be lower.
+#[test]
+fn page_fault_counts_match_the_kernels_per_process_counters() {
+    if role().is_some() {
+        return;
+    }
+    let daemon = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let busy = TestCgroup::new("faulty");
+    let idle = TestCgroup::new("idle");
+    // A process started outside, then moved into `idle`, where it only sleeps.
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("3")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    idle.adopt(sleeper.id());
+    let pages = 20_000;
+    let f = run_role(
+        &busy,
+        "role_faulter",
+        &[("SOCKLAT_TEST_PAGES", pages.to_string())],
+    );
+    let out = role_output(f);
+    let line = out
+        .iter()
+        .find(|l| l.starts_with("faults "))
+        .expect("fault line");
+    let mut it = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse::<u64>().unwrap());
+    let (minflt, majflt) = (it.next().unwrap(), it.next().unwrap());
+    let _ = sleeper.wait();
+    let scrape = daemon.scrape();
+    let get = |cg: &TestCgroup, mode| {
+        scrape
+            .get(
+                "socklat_page_faults_total",
+                &[("cgroup", cg.label.as_str()), ("mode", mode)],
+            )
+            .unwrap_or(0.0)
+    };
+    let daemon_total = get(&busy, "user") + get(&busy, "kernel");
+    let kernel_total = (minflt + majflt) as f64;
+    eprintln!(
+        "faults: daemon {daemon_total}, /proc/PID/stat {kernel_total} (min {minflt} maj {majflt}), touched {pages}"
+    );
+    assert!(
+        daemon_total >= f64::from(pages),
+        "fewer faults than pages touched"
+    );
+    assert!(
+        daemon_total >= kernel_total - 64.0,
+        "daemon {daemon_total} < kernel {kernel_total}"
+    );
+    assert!(
+        daemon_total <= kernel_total * 1.02 + 64.0,
+        "daemon {daemon_total} >> kernel {kernel_total}"
+    );
+    let idle_total = get(&idle, "user") + get(&idle, "kernel");
+    assert!(idle_total <= 50.0, "idle cgroup faulted {idle_total} times");
+}
+
+/// Auto mode picks the best mode that attaches, per signal, and says why it skipped the
+/// others; on this machine's kernel (no kprobes, no fentry) that is the tracepoint mode.
+#[test]
+fn check_reports_the_choice_per_signal_and_exits_zero() {
+    if role().is_some() {
+        return;
+    }
+    let out = std::process::Command::new(common::SOCKLAT)
+        .args(["--check", "--signals", "sendmsg,recvmsg,pagefaults"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "--check failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for sig in ["sendmsg", "recvmsg", "pagefaults"] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(sig))
+            .unwrap_or_else(|| panic!("{sig} line in {text}"));
+        assert!(!line.contains("NOT ATTACHED"), "{line}");
+        let mode = line.split_whitespace().nth(1).unwrap();
+        assert!(["fentry", "kprobe", "tracepoint"].contains(&mode), "{line}");
+        if mode != "fentry" {
+            assert!(
+                text.contains(&format!("fentry unavailable: fentry tcp_{}", &sig[..4]))
+                    || sig == "pagefaults",
+                "auto mode must say why fentry was skipped: {line}"
+            );
+        }
+    }
+}
+
+/// A forced mode that cannot attach is a clear error and a non-zero exit.
+#[test]
+fn bad_input_and_unavailable_modes_fail_with_one_clear_line() {
+    if role().is_some() {
+        return;
+    }
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::SOCKLAT)
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--ring-size", "100000"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("power of two"), "{err}");
+    let (code, err) = run(&["--probe-mode", "sometimes"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--probe-mode"), "{err}");
+    // A port in use.
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let (code, err) = run(&["--listen", &addr]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot listen on") && err.contains("--listen"),
+        "{err}"
+    );
+    {
+        let (_, e) = (code, &err);
+        assert!(
+            !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
+            "{e}"
+        );
+    }
+    // A mode this kernel may not have: forced, it either attaches or fails clearly.
+    let (code, err) = run(&["--check", "--probe-mode", "kprobe", "--signals", "sendmsg"]);
+    if code != Some(0) {
+        assert_eq!(code, Some(1), "{err}");
+    }
+}
