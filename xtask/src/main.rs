@@ -1,0 +1,78 @@
+//! Developer commands: `cargo xtask <command>`.
+
+mod build;
+mod test;
+mod toolchain;
+mod util;
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "socklat developer commands")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kernel object (observer-ebpf) for bpfel-unknown-none; installs missing
+    /// toolchain pieces as root on Debian, or says what to install.
+    BuildEbpf,
+    /// Build the kernel object and the release daemon.
+    Build,
+    /// Build everything and start the daemon as root: `cargo xtask run -- [daemon flags]`.
+    Run {
+        /// Flags passed to the daemon.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Every test layer: lints, unit tests, privileged integration tests (root).
+    Test,
+    /// Clippy (pedantic, workspace level, warnings denied) and rustfmt.
+    Lint,
+}
+
+fn main() {
+    if let Err(e) = dispatch(Args::parse().cmd) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::BuildEbpf => build::build_ebpf().map(drop),
+        Cmd::Build => build::build_daemon().map(drop),
+        Cmd::Run { args } => {
+            let bin = build::build_daemon()?;
+            let mut cmd = if util::is_root() {
+                Command::new(&bin)
+            } else if Command::new("sudo")
+                .arg("-n")
+                .arg("true")
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                let mut c = Command::new("sudo");
+                c.arg(&bin);
+                c
+            } else {
+                bail!(
+                    "the daemon needs root (or CAP_BPF and CAP_PERFMON): run `sudo {} {}`",
+                    bin.display(),
+                    args.join(" ")
+                );
+            };
+            util::step(&format!("starting {} {}", bin.display(), args.join(" ")));
+            let err = cmd.args(&args).exec();
+            bail!("cannot start {}: {err}", bin.display())
+        }
+        Cmd::Test => test::all(),
+        Cmd::Lint => test::lint(),
+    }
+}
