@@ -1,5 +1,6 @@
 //! Developer commands: `cargo xtask <command>`.
 
+mod bench;
 mod build;
 mod test;
 mod toolchain;
@@ -33,6 +34,11 @@ enum Cmd {
     },
     /// Every test layer: lints, unit tests, privileged integration tests (root).
     Test,
+    /// Benchmarks: overhead ratios measured side by side, pipeline rate, memory.
+    Bench(bench::Opts),
+    /// (internal) the client process of the memory benchmark.
+    #[command(hide = true)]
+    BenchClient { addr: String, requests: usize },
     /// Clippy (pedantic, workspace level, warnings denied) and rustfmt.
     Lint,
 }
@@ -74,5 +80,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Test => test::all(),
         Cmd::Lint => test::lint(),
+        Cmd::Bench(o) => bench::bench(&o),
+        Cmd::BenchClient { addr, requests } => bench::client(&addr, requests),
     }
 }

@@ -1,0 +1,79 @@
+//! The daemon's userspace pipeline alone: decode + aggregation of ring records, fed
+//! synthetic events, on one core. Run by `cargo xtask bench` (or `cargo bench -p observer
+//! --bench pipeline`); prints `@name value` lines that xtask reports.
+
+use std::time::{Duration, Instant};
+
+use observer::aggregate::Aggregator;
+use observer_common::{Event, EventKind};
+
+const CGROUPS: u64 = 64;
+const BATCH: usize = 4096;
+
+fn records(cgroup_id: u64, seed: u64) -> Vec<[u8; observer_common::EVENT_SIZE]> {
+    let mut x = seed | 1;
+    (0..BATCH)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let kind = if i % 2 == 0 {
+                EventKind::SendMsg
+            } else {
+                EventKind::RecvMsg
+            };
+            let result = if x % 50 == 0 { -11 } else { 64 };
+            Event {
+                cgroup_id,
+                value: 1_000 + x % 5_000_000,
+                kind: kind as u32,
+                result,
+            }
+            .to_bytes()
+        })
+        .collect()
+}
+
+fn main() {
+    let mut agg = Aggregator::new(4096, Duration::from_secs(60));
+    let per_cgroup: Vec<Vec<_>> = (1..=CGROUPS).map(|c| records(c, c * 7919)).collect();
+    for c in 1..=CGROUPS {
+        agg.admit(c);
+    }
+    let start = Instant::now();
+    // Per-cgroup rings: one lookup per batch, decode + record per event.
+    let mut n: u64 = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        for (i, recs) in per_cgroup.iter().enumerate() {
+            let epoch = agg.epoch(start.elapsed());
+            let mut sink = agg.sink(i as u64 + 1, epoch);
+            for r in recs {
+                sink.push(r);
+            }
+            n += recs.len() as u64;
+        }
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    println!("@pipeline_per_cgroup_ring_events_per_sec {rate:.0}");
+
+    // Shared ring: cgroup looked up per event.
+    let mixed: Vec<Event> = per_cgroup
+        .iter()
+        .flat_map(|v| v.iter().take(64))
+        .map(|r| Event::from_bytes(r).unwrap())
+        .collect();
+    let mut n: u64 = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        let epoch = agg.epoch(start.elapsed());
+        for e in &mixed {
+            agg.record_shared(e, epoch);
+        }
+        n += mixed.len() as u64;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    println!("@pipeline_shared_ring_events_per_sec {rate:.0}");
+    // Keep the work observable.
+    println!("@received {}", agg.received());
+}
