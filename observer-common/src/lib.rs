@@ -140,8 +140,6 @@ pub mod names {
     pub const ENABLE_SEND: &str = "ENABLE_SEND";
     /// Global: 1 when the recvmsg signal is enabled.
     pub const ENABLE_RECV: &str = "ENABLE_RECV";
-    /// Global: unread bytes in a ring above which a submit wakes the daemon.
-    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     /// Global: number of parameters of `tcp_recvmsg` (6 before Linux 5.19, 5 since).
     pub const RECVMSG_NARGS: &str = "RECVMSG_NARGS";
 }

@@ -2,6 +2,11 @@
 //! synthetic events, on one core. Run by `cargo xtask bench` (or `cargo bench -p observer
 //! --bench pipeline`); prints `@name value` lines that xtask reports.
 
+#![expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark arithmetic on small counts"
+)]
+
 use std::time::{Duration, Instant};
 
 use observer::aggregate::Aggregator;
@@ -22,7 +27,7 @@ fn records(cgroup_id: u64, seed: u64) -> Vec<[u8; observer_common::EVENT_SIZE]> 
             } else {
                 EventKind::RecvMsg
             };
-            let result = if x % 50 == 0 { -11 } else { 64 };
+            let result = if x.is_multiple_of(50) { -11 } else { 64 };
             Event {
                 cgroup_id,
                 value: 1_000 + x % 5_000_000,
@@ -35,7 +40,7 @@ fn records(cgroup_id: u64, seed: u64) -> Vec<[u8; observer_common::EVENT_SIZE]> 
 }
 
 fn main() {
-    let mut agg = Aggregator::new(4096, Duration::from_secs(60));
+    let mut agg = Aggregator::new(4096, Duration::from_mins(1));
     let per_cgroup: Vec<Vec<_>> = (1..=CGROUPS).map(|c| records(c, c * 7919)).collect();
     for c in 1..=CGROUPS {
         agg.admit(c);

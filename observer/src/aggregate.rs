@@ -62,13 +62,15 @@ impl Hasher for IdHasher {
 /// `HashMap` keyed by cgroup id.
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
-fn new_histogram() -> Histogram<u32> {
+fn new_histogram<C: hdrhistogram::Counter>() -> Histogram<C> {
     Histogram::new_with_bounds(1, MAX_TRACKED_NS, SIGFIGS).expect("static histogram bounds")
 }
 
 /// Durations of one signal in one cgroup.
 pub struct DurationAgg {
-    active: Histogram<u32>,
+    /// u16 counters halve the memory of the one dense histogram per series; a counter
+    /// about to overflow seals the slice early (see [`Self::record`]).
+    active: Histogram<u16>,
     active_epoch: u64,
     sealed: VecDeque<(u64, Vec<(u64, u32)>)>,
     /// Cumulative counts per bucket of [`BUCKETS_NS`], plus one for +Inf (last).
@@ -96,15 +98,7 @@ impl DurationAgg {
     /// sealed slices that have left the window.
     pub fn advance(&mut self, epoch: u64) {
         if epoch != self.active_epoch {
-            if !self.active.is_empty() {
-                let sparse: Vec<(u64, u32)> = self
-                    .active
-                    .iter_recorded()
-                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                    .collect();
-                self.sealed.push_back((self.active_epoch, sparse));
-                self.active.reset();
-            }
+            self.seal();
             self.active_epoch = epoch;
         }
         while self
@@ -113,6 +107,19 @@ impl DurationAgg {
             .is_some_and(|(e, _)| e + SLICES <= epoch)
         {
             self.sealed.pop_front();
+        }
+    }
+
+    /// Moves the active histogram's counts into the sealed list, tagged with its epoch.
+    fn seal(&mut self) {
+        if !self.active.is_empty() {
+            let sparse: Vec<(u64, u32)> = self
+                .active
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), u32::from(v.count_at_value())))
+                .collect();
+            self.sealed.push_back((self.active_epoch, sparse));
+            self.active.reset();
         }
     }
 
@@ -125,6 +132,11 @@ impl DurationAgg {
         } else {
             ns.max(1)
         };
+        if self.active.count_at(v) == u16::MAX {
+            // The u16 counter is full (HdrHistogram would saturate silently): seal what we
+            // have, with the same epoch, and start afresh.
+            self.seal();
+        }
         self.active.saturating_record(v);
         let b = BUCKETS_NS.partition_point(|&bound| bound < ns);
         self.buckets[b] += 1;
@@ -145,7 +157,9 @@ impl DurationAgg {
                 scratch.saturating_record_n(v, c);
             }
         }
-        scratch.add(&self.active).ok()?;
+        for v in self.active.iter_recorded() {
+            scratch.saturating_record_n(v.value_iterated_to(), u32::from(v.count_at_value()));
+        }
         if scratch.is_empty() {
             return None;
         }
@@ -574,6 +588,15 @@ mod tests {
 
     #[test]
     fn buckets_are_cumulative_and_le_inclusive() {
+        let mut agg = DurationAgg::new(0);
+        // More than a u16 counter holds, in one bucket: sealed early, nothing lost.
+        for _ in 0..70_000 {
+            agg.record(5_000_000);
+        }
+        let mut scratch = new_histogram();
+        let q = agg.window_quantiles(0, &mut scratch).unwrap();
+        assert!(scratch.equivalent(q[0], 5_000_000));
+        assert_eq!(scratch.len(), 70_000);
         let mut agg = DurationAgg::new(0);
         agg.record(1000); // exactly 1 us: in the first bucket (le="1e-06")
         agg.record(1001);

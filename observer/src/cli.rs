@@ -31,8 +31,10 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_cgroups: u32,
 
-    /// Size of each per-cgroup ring buffer in bytes: a power of two and a multiple of the
-    /// page size (suffixes K, M accepted: 256K).
+    /// Largest size of a per-cgroup ring buffer in bytes: a power of two and a multiple of
+    /// the page size (suffixes K, M accepted: 256K). Rings start at 8 KiB and grow four-fold,
+    /// up to this size, each time the kernel has to wake the daemon because one is a
+    /// quarter full; the shared ring is four times this size (at least 1 MiB).
     #[arg(long, env = "SOCKLAT_RING_SIZE", default_value = "256K", value_parser = parse_ring_size)]
     pub ring_size: u32,
 

@@ -306,9 +306,7 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, Error> {
     };
     let enable_send = u32::from(cli.enabled(Signal::SendMsg));
     let enable_recv = u32::from(cli.enabled(Signal::RecvMsg));
-    let wakeup_bytes = u64::from(cli.ring_size / 4);
     let mut ebpf = EbpfLoader::new()
-        .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
         .override_global(names::ENABLE_SEND, &enable_send, true)
         .override_global(names::ENABLE_RECV, &enable_recv, true)
         .override_global(names::RECVMSG_NARGS, &recvmsg_nargs, true)

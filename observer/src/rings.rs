@@ -31,6 +31,13 @@ const BATCH: usize = 8192;
 /// The kernel wakes us only when a ring is a quarter full; otherwise we look at every ring
 /// this often. A scrape drains everything first, so it never shows stale data.
 const POLL_MS: i32 = 50;
+/// Size of a cgroup's first ring. Rings grow (x4, up to `--ring-size`) each time the kernel
+/// has to wake us because one is a quarter full, so quiet cgroups keep small rings: ring
+/// pages are mapped twice into the daemon and charged to its memory cgroup.
+pub const INITIAL_RING_SIZE: u32 = 8 * 1024;
+/// How long a replaced ring is still drained: programs that looked it up before the swap
+/// may still write to it until they return.
+const RETIRE_AFTER: Duration = Duration::from_secs(1);
 
 /// A tiny epoll wrapper.
 struct Epoll(OwnedFd);
@@ -44,6 +51,18 @@ impl Epoll {
         }
         // SAFETY: a fresh fd we own.
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn remove(&self, fd: RawFd) {
+        // SAFETY: a NULL event is allowed for EPOLL_CTL_DEL since Linux 2.6.9.
+        let _ = unsafe {
+            libc::epoll_ctl(
+                self.0.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
     }
 
     fn add(&self, fd: RawFd, token: u64) -> std::io::Result<()> {
@@ -122,7 +141,7 @@ impl Source for Handle {
 /// Maps and settings the collector takes from the loaded object.
 pub struct Parts {
     pub shared: RingBuf<MapData>,
-    pub outer: HashOfMaps<MapData, u64, RingBuf<MapData>>,
+    pub outer: HashOfMaps<MapData, u64, MapData>,
     pub lost: PerCpuHashMap<MapData, u64, u64>,
     pub faults: PerCpuHashMap<MapData, u64, FaultCounts>,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -160,10 +179,81 @@ impl Parts {
 struct Slot {
     cgroup_id: u64,
     ring: RingBuf<MapData>,
+    size: u32,
+    /// Which install request put this ring in the kernel's map, and whether it is done.
+    ticket: u64,
+    installed: bool,
+}
+
+/// A ring replaced by a bigger one: drained until `RETIRE_AFTER` after its successor was
+/// installed (until then the kernel may still write to it).
+struct Retired {
+    slot: Slot,
+    successor: u64,
+    since: Option<Instant>,
+}
+
+/// Installs rings into the kernel's cgroup -> ring map on a thread of its own: every
+/// update of a map of maps waits for an RCU grace period (`maybe_wait_bpf_programs` in
+/// kernel/bpf/syscall.c), milliseconds each, and the collector must keep draining
+/// meanwhile (measured: installing 1000 rings inline filled the shared ring).
+struct Installer {
+    requests: mpsc::Sender<(u64, MapData, u64)>,
+    done: mpsc::Receiver<(u64, bool)>,
+    next_ticket: u64,
+}
+
+impl Installer {
+    fn spawn(mut outer: HashOfMaps<MapData, u64, MapData>) -> Result<Self, Error> {
+        let (requests, rx) = mpsc::channel::<(u64, MapData, u64)>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("socklat-install".into())
+            .spawn(move || {
+                let mut failures = 0u64;
+                while let Ok((cgroup_id, ring, ticket)) = rx.recv() {
+                    let ok = match outer.insert(&cgroup_id, &ring, 0) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            failures += 1;
+                            if failures == 1 {
+                                log::warn!(
+                                    "cannot install a ring for cgroup {cgroup_id} ({e}); \
+                                     its events stay on the shared ring"
+                                );
+                            }
+                            false
+                        }
+                    };
+                    if done_tx.send((ticket, ok)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::Io("spawn installer thread", e))?;
+        Ok(Self {
+            requests,
+            done,
+            next_ticket: 1,
+        })
+    }
+
+    /// Queues `ring` for `cgroup_id`; returns the ticket its completion will carry.
+    fn install(&mut self, cgroup_id: u64, ring: &RingBuf<MapData>) -> Option<u64> {
+        let fd = ring.as_fd().try_clone_to_owned().ok()?;
+        let data = MapData::from_fd(fd).ok()?;
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.requests.send((cgroup_id, data, ticket)).ok()?;
+        Some(ticket)
+    }
 }
 
 struct Collector {
-    parts: Parts,
+    shared: RingBuf<MapData>,
+    lost: PerCpuHashMap<MapData, u64, u64>,
+    faults: PerCpuHashMap<MapData, u64, FaultCounts>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     slots: Vec<Option<Slot>>,
     by_cgroup: IdMap<usize>,
     agg: Aggregator,
@@ -176,6 +266,8 @@ struct Collector {
     ring_size: u32,
     probes: Vec<(Signal, ProbeMode)>,
     ring_create_failures: u64,
+    retired: Vec<Retired>,
+    installer: Installer,
 }
 
 /// Settings of the collector.
@@ -189,18 +281,26 @@ pub struct Settings {
 
 /// Starts the collector thread.
 pub fn spawn(
-    mut parts: Parts,
+    parts: Parts,
     settings: Settings,
 ) -> Result<(Handle, std::thread::JoinHandle<()>), Error> {
+    let Parts {
+        shared,
+        outer,
+        mut lost,
+        faults,
+        logger,
+    } = parts;
+    let installer = Installer::spawn(outer)?;
     let epoll = Epoll::new().map_err(|e| Error::Io("epoll_create1", e))?;
     let wake = Arc::new(eventfd().map_err(|e| Error::Io("eventfd", e))?);
     epoll
         .add(wake.as_raw_fd(), TOKEN_CONTROL)
         .map_err(|e| Error::Io("epoll_ctl", e))?;
     epoll
-        .add(parts.shared.as_fd().as_raw_fd(), TOKEN_SHARED)
+        .add(shared.as_fd().as_raw_fd(), TOKEN_SHARED)
         .map_err(|e| Error::Io("epoll_ctl", e))?;
-    if let Some(l) = &parts.logger {
+    if let Some(l) = &logger {
         epoll
             .add(l.as_fd().as_raw_fd(), TOKEN_LOG)
             .map_err(|e| Error::Io("epoll_ctl", e))?;
@@ -209,9 +309,7 @@ pub fn spawn(
     let cpus = nr_cpus().map_err(|(_, e)| Error::Io("nr_cpus", e))?;
     let zeros = PerCpuValues::try_from(vec![0u64; usize::try_from(cpus.get()).unwrap_or(1)])
         .map_err(|e| Error::Io("per-cpu values", e))?;
-    parts
-        .lost
-        .insert(&UNATTRIBUTED, zeros, 0)
+    lost.insert(&UNATTRIBUTED, zeros, 0)
         .map_err(|e| Error::Map(names::LOST_EVENTS, e.to_string()))?;
 
     let (tx, rx) = mpsc::channel();
@@ -224,7 +322,11 @@ pub fn spawn(
         stop: Arc::clone(&stop),
     };
     let mut c = Collector {
-        parts,
+        shared,
+        lost,
+        faults,
+        logger,
+        installer,
         slots: Vec::new(),
         by_cgroup: IdMap::default(),
         agg: Aggregator::new(settings.max_cgroups, settings.window),
@@ -237,6 +339,7 @@ pub fn spawn(
         ring_size: settings.ring_size,
         probes: settings.probes,
         ring_create_failures: 0,
+        retired: Vec::new(),
     };
     let join = std::thread::Builder::new()
         .name("socklat-collector".into())
@@ -253,10 +356,12 @@ impl Collector {
             let n = self.epoll.wait(&mut events, POLL_MS);
             if last_poll.elapsed() >= Duration::from_millis(POLL_MS.unsigned_abs().into()) {
                 last_poll = Instant::now();
+                self.completions();
                 self.drain_shared();
                 for i in 0..self.slots.len() {
                     self.drain_slot(i);
                 }
+                self.drain_retired();
             }
             for ev in &events[..n] {
                 let token = ev.u64;
@@ -266,20 +371,23 @@ impl Collector {
                         self.answer_requests();
                     }
                     TOKEN_LOG => {
-                        if let Some(l) = &mut self.parts.logger {
+                        if let Some(l) = &mut self.logger {
                             l.flush();
                         }
                     }
                     TOKEN_SHARED => self.drain_shared(),
                     t => {
+                        // The kernel woke us: this ring is a quarter full. Drain it, and
+                        // give the cgroup a bigger ring if it may have one.
                         let i = usize::try_from(t - TOKEN_FIRST_RING).unwrap_or(usize::MAX);
                         self.drain_slot(i);
+                        self.grow(i);
                     }
                 }
             }
         }
         // Final drain so that nothing read before the stop is left uncounted in the log.
-        if let Some(l) = &mut self.parts.logger {
+        if let Some(l) = &mut self.logger {
             l.flush();
         }
     }
@@ -302,11 +410,91 @@ impl Collector {
         }
     }
 
+    /// Marks rings whose install finished; starts the retirement clock of the rings they
+    /// replaced.
+    fn completions(&mut self) {
+        while let Ok((ticket, ok)) = self.installer.done.try_recv() {
+            if let Some(slot) = self.slots.iter_mut().flatten().find(|s| s.ticket == ticket) {
+                slot.installed = ok;
+            }
+            for r in &mut self.retired {
+                if r.successor == ticket {
+                    r.since = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn drain_retired(&mut self) {
+        let epoch = self.epoch();
+        for r in &mut self.retired {
+            let mut sink = self.agg.sink(r.slot.cgroup_id, epoch);
+            while let Some(item) = r.slot.ring.next() {
+                sink.push(&item);
+            }
+        }
+        self.retired
+            .retain(|r| r.since.is_none_or(|t| t.elapsed() < RETIRE_AFTER));
+    }
+
+    /// Replaces slot `i`'s ring by one four times larger (up to `--ring-size`).
+    fn grow(&mut self, i: usize) {
+        let Some(Some(slot)) = self.slots.get(i) else {
+            return;
+        };
+        self.grow_to(i, slot.size.saturating_mul(4));
+    }
+
+    /// Replaces slot `i`'s ring by one of `size` bytes (at most `--ring-size`), if larger
+    /// and once the current one is installed.
+    fn grow_to(&mut self, i: usize, size: u32) {
+        let Some(Some(slot)) = self.slots.get(i) else {
+            return;
+        };
+        let size = size.min(self.ring_size);
+        if slot.size >= size || !slot.installed {
+            return;
+        }
+        let cgroup_id = slot.cgroup_id;
+        let ring = match RingBuf::create(size, 0) {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("cannot grow cgroup {cgroup_id}'s ring to {size}: {e}");
+                return;
+            }
+        };
+        let token = TOKEN_FIRST_RING + i as u64;
+        let Some(ticket) = self.installer.install(cgroup_id, &ring) else {
+            return;
+        };
+        let Some(old) = self.slots[i].take() else {
+            return;
+        };
+        self.epoll.remove(old.ring.as_fd().as_raw_fd());
+        if let Err(e) = self.epoll.add(ring.as_fd().as_raw_fd(), token) {
+            log::warn!("epoll_ctl for cgroup {cgroup_id}'s ring: {e}");
+        }
+        log::debug!("cgroup {cgroup_id}: ring grows to {size} bytes");
+        self.slots[i] = Some(Slot {
+            cgroup_id,
+            ring,
+            size,
+            ticket,
+            installed: false,
+        });
+        self.retired.push(Retired {
+            slot: old,
+            successor: ticket,
+            since: None,
+        });
+    }
+
     fn drain_shared(&mut self) {
         let epoch = self.epoch();
+        let mut spilled: Vec<usize> = Vec::new();
         let mut n = 0;
         while n < BATCH {
-            let Some(item) = self.parts.shared.next() else {
+            let Some(item) = self.shared.next() else {
                 break;
             };
             n += 1;
@@ -316,15 +504,32 @@ impl Collector {
             };
             drop(item);
             let admission = self.agg.record_shared(&ev, epoch);
-            if admission != Admission::Other && !self.by_cgroup.contains_key(&ev.cgroup_id) {
-                self.give_ring(ev.cgroup_id);
+            if admission == Admission::Other {
+                continue;
             }
+            match self.by_cgroup.get(&ev.cgroup_id) {
+                None => self.give_ring(ev.cgroup_id),
+                // An admitted cgroup's event on the shared ring: its own ring overflowed
+                // (the kernel spills to the shared ring). Give it the largest ring now.
+                Some(&i) if i != usize::MAX => {
+                    if self.slots[i].as_ref().is_some_and(|s| s.installed) {
+                        spilled.push(i);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        spilled.sort_unstable();
+        spilled.dedup();
+        for i in spilled {
+            self.grow_to(i, self.ring_size);
         }
     }
 
     /// Creates a ring for a newly admitted cgroup and tells the kernel to use it.
     fn give_ring(&mut self, cgroup_id: u64) {
-        let ring = match RingBuf::create(self.ring_size, 0) {
+        let size = INITIAL_RING_SIZE.min(self.ring_size);
+        let ring = match RingBuf::create(size, 0) {
             Ok(r) => r,
             Err(e) => {
                 self.ring_create_failures += 1;
@@ -349,17 +554,18 @@ impl Collector {
             self.by_cgroup.insert(cgroup_id, usize::MAX);
             return;
         }
-        if let Err(e) = self.parts.outer.insert(&cgroup_id, &ring, 0) {
-            self.ring_create_failures += 1;
-            if self.ring_create_failures == 1 {
-                log::warn!(
-                    "cannot install a ring for cgroup {cgroup_id} ({e}); its events stay on the shared ring"
-                );
-            }
+        let Some(ticket) = self.installer.install(cgroup_id, &ring) else {
+            self.epoll.remove(ring.as_fd().as_raw_fd());
             self.by_cgroup.insert(cgroup_id, usize::MAX);
             return;
-        }
-        let slot = Slot { cgroup_id, ring };
+        };
+        let slot = Slot {
+            cgroup_id,
+            ring,
+            size,
+            ticket,
+            installed: false,
+        };
         if i == self.slots.len() {
             self.slots.push(Some(slot));
         } else {
@@ -377,6 +583,8 @@ impl Collector {
             for i in 0..self.slots.len() {
                 self.drain_slot(i);
             }
+            self.drain_retired();
+            self.completions();
             if self.agg.received() == before {
                 break;
             }
@@ -401,7 +609,7 @@ impl Collector {
     fn scrape(&mut self) -> Scrape {
         let epoch = self.epoch();
         let mut faults: IdMap<FaultCounts> = IdMap::default();
-        for (id, per_cpu) in self.parts.faults.iter().flatten() {
+        for (id, per_cpu) in self.faults.iter().flatten() {
             let mut sum = FaultCounts::default();
             for c in per_cpu.iter() {
                 sum.user += c.user;
@@ -412,7 +620,7 @@ impl Collector {
             faults.insert(id, sum);
         }
         let mut lost: IdMap<u64> = IdMap::default();
-        for (id, per_cpu) in self.parts.lost.iter().flatten() {
+        for (id, per_cpu) in self.lost.iter().flatten() {
             lost.insert(id, per_cpu.iter().sum());
         }
         // Cgroups known only from their kernel counters get series too, if there is room.

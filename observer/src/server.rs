@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::metrics::{Scrape, render};
+use crate::metrics::{Scrape, stream};
 
 /// Largest request head accepted.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -123,17 +123,7 @@ async fn handle(mut stream: TcpStream, source: &dyn Source) -> std::io::Result<(
         "/metrics" => {
             let rx = source.request();
             match tokio::time::timeout(SCRAPE_TIMEOUT, rx).await {
-                Ok(Ok(scrape)) => {
-                    let body = render(&scrape);
-                    respond(
-                        &mut stream,
-                        200,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        body.as_bytes(),
-                        head_only,
-                    )
-                    .await
-                }
+                Ok(Ok(scrape)) => stream_metrics(&mut stream, scrape, head_only).await,
                 _ => respond(&mut stream, 503, "text/plain", b"collector not answering\n", head_only).await,
             }
         }
@@ -156,6 +146,38 @@ async fn handle(mut stream: TcpStream, source: &dyn Source) -> std::io::Result<(
         }
         _ => respond(&mut stream, 404, "text/plain", b"not found\n", head_only).await,
     }
+}
+
+/// Bytes rendered before they are written to the socket; a scrape of any size streams
+/// through a few of these.
+const CHUNK: usize = 64 * 1024;
+
+/// Streams the exposition: rendered on a blocking thread in chunks handed over through a
+/// bounded channel, so memory stays bounded whatever the number of series. The body ends
+/// when the connection closes (no Content-Length).
+async fn stream_metrics(
+    sock: &mut TcpStream,
+    scrape: Scrape,
+    head_only: bool,
+) -> std::io::Result<()> {
+    sock.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    if !head_only {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+        let render = tokio::task::spawn_blocking(move || {
+            stream(&scrape, CHUNK, |piece| {
+                // The receiver is gone only when the client went away: stop quietly.
+                let _ = tx.blocking_send(piece.to_string());
+            });
+        });
+        while let Some(piece) = rx.recv().await {
+            sock.write_all(piece.as_bytes()).await?;
+        }
+        let _ = render.await;
+    }
+    sock.shutdown().await
 }
 
 async fn respond(
@@ -238,6 +260,11 @@ mod tests {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out).await;
         assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+        let r = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(
+            r.ends_with("socklat_build_info{version=\"0.1.0\"} 1\n"),
+            "{r}"
+        );
         let r = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
         assert!(
             r.starts_with("HTTP/1.1 200") && !r.contains("socklat_build_info"),

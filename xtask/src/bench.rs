@@ -213,8 +213,7 @@ enum Observer {
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(19640)
+        .map_or(19640, |a| a.port())
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
@@ -304,6 +303,15 @@ fn daemon_counts(addr: SocketAddr) -> (f64, f64) {
         sum("socklat_events_total{"),
         sum("socklat_ringbuf_lost_events_total{"),
     )
+}
+
+/// KiB to MiB for the report.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "memory sizes far below 2^52 KiB"
+)]
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 fn rss_kib(pid: u32) -> (u64, u64, u64) {
@@ -434,14 +442,14 @@ fn pipeline(rows: &mut Vec<Row>) -> Result<()> {
         );
     }
     for l in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some((k, v)) = l.strip_prefix('@').and_then(|l| l.split_once(' ')) {
-            if k.ends_with("per_sec") {
-                let v: f64 = v.parse().unwrap_or(0.0);
-                rows.push(Row {
-                    name: k.replace('_', " "),
-                    value: format!("{:.1} M events/s", v / 1e6),
-                });
-            }
+        if let Some((k, v)) = l.strip_prefix('@').and_then(|l| l.split_once(' '))
+            && k.ends_with("per_sec")
+        {
+            let v: f64 = v.parse().unwrap_or(0.0);
+            rows.push(Row {
+                name: k.replace('_', " "),
+                value: format!("{:.1} M events/s", v / 1e6),
+            });
         }
     }
     Ok(())
@@ -498,9 +506,9 @@ fn memory(bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
             name: format!("resident memory, {n} active cgroups (tracked {tracked})"),
             value: format!(
                 "{:.1} MiB (heap {:.1}, ring mappings {:.1})",
-                rss as f64 / 1024.0,
-                anon as f64 / 1024.0,
-                file as f64 / 1024.0
+                mib(rss),
+                mib(anon),
+                mib(file)
             ),
         });
     }
@@ -532,14 +540,14 @@ fn cgroup2_root() -> Result<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mut found = None;
     for line in info.lines() {
-        if let Some((left, right)) = line.split_once(" - ") {
-            if right.starts_with("cgroup2 ") {
-                let mp = left.split_whitespace().nth(4).unwrap_or("").to_string();
-                if mp == "/sys/fs/cgroup" {
-                    return Ok(mp);
-                }
-                found.get_or_insert(mp);
+        if let Some((left, right)) = line.split_once(" - ")
+            && right.starts_with("cgroup2 ")
+        {
+            let mp = left.split_whitespace().nth(4).unwrap_or("").to_string();
+            if mp == "/sys/fs/cgroup" {
+                return Ok(mp);
             }
+            found.get_or_insert(mp);
         }
     }
     found.context("no cgroup v2 mount")
