@@ -11,6 +11,7 @@
 /// |---|---|---|
 /// | [`EventKind::SendMsg`], [`EventKind::RecvMsg`] | call duration, ns | bytes (>= 0) or `-errno` |
 /// | [`EventKind::PageFault`] | fault duration, ns | [`FAULT_MAJOR`] / [`FAULT_KERNEL`] flags |
+/// | [`EventKind::ConnClose`] | 0 | [`Outcome`] as `i32` |
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Event {
@@ -76,6 +77,8 @@ pub enum EventKind {
     RecvMsg = 2,
     /// One page fault with its duration (fentry/kprobe modes only).
     PageFault = 3,
+    /// One TCP connection reached CLOSE; `result` is its [`Outcome`].
+    ConnClose = 4,
 }
 
 impl EventKind {
@@ -86,10 +89,92 @@ impl EventKind {
             1 => Some(Self::SendMsg),
             2 => Some(Self::RecvMsg),
             3 => Some(Self::PageFault),
+            4 => Some(Self::ConnClose),
             _ => None,
         }
     }
 }
+
+/// How a TCP connection ended: the first that applies, in this order (design.md).
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// RST in reply to our SYN.
+    Refused = 0,
+    /// `SYN_SENT` to CLOSE without RST.
+    ConnectTimeout = 1,
+    /// The peer reset the connection.
+    ResetReceived = 2,
+    /// We reset the connection (abortive close).
+    ResetSent = 3,
+    /// ETIMEDOUT on an established connection.
+    Timeout = 4,
+    /// Another socket error, or a send/recv error other than EAGAIN.
+    Error = 5,
+    /// None of the above.
+    Normal = 6,
+}
+
+impl Outcome {
+    /// All outcomes, in classification order.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Refused,
+        Outcome::ConnectTimeout,
+        Outcome::ResetReceived,
+        Outcome::ResetSent,
+        Outcome::Timeout,
+        Outcome::Error,
+        Outcome::Normal,
+    ];
+
+    /// The `outcome` label value.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Refused => "refused",
+            Outcome::ConnectTimeout => "connect_timeout",
+            Outcome::ResetReceived => "reset_received",
+            Outcome::ResetSent => "reset_sent",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+            Outcome::Normal => "normal",
+        }
+    }
+
+    /// Maps the wire value back.
+    #[must_use]
+    pub const fn from_i32(v: i32) -> Option<Self> {
+        match v {
+            0 => Some(Outcome::Refused),
+            1 => Some(Outcome::ConnectTimeout),
+            2 => Some(Outcome::ResetReceived),
+            3 => Some(Outcome::ResetSent),
+            4 => Some(Outcome::Timeout),
+            5 => Some(Outcome::Error),
+            6 => Some(Outcome::Normal),
+            _ => None,
+        }
+    }
+}
+
+/// What the kernel remembers of a live TCP connection, keyed by socket address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnState {
+    /// The socket's cgroup (its `sk_cgrp_data`), read when the connection was first seen.
+    pub cgroup_id: u64,
+    /// `CONN_*` flags.
+    pub flags: u32,
+    /// Padding, always 0.
+    pub pad: u32,
+}
+
+/// `ConnState::flags`: a RST was received.
+pub const CONN_RST_RECEIVED: u32 = 1;
+/// `ConnState::flags`: a RST was sent.
+pub const CONN_RST_SENT: u32 = 2;
+/// `ConnState::flags`: a send or receive call failed with an error other than EAGAIN.
+pub const CONN_CALL_ERROR: u32 = 4;
 
 /// `Event::result` flag of a page fault event: the fault was major (needed I/O).
 pub const FAULT_MAJOR: i32 = 1;
@@ -123,6 +208,8 @@ unsafe impl aya::Pod for FaultCounts {}
 pub struct CallStart {
     /// `bpf_ktime_get_ns()` at the call's entry; 0 means "in a syscall we do not time".
     pub ts: u64,
+    /// The socket of the call (fentry/kprobe modes), to mark connections on errors.
+    pub sk: u64,
 }
 
 /// Names of maps, programs and globals, shared so that neither side spells them twice.
@@ -140,6 +227,18 @@ pub mod names {
     pub const ENABLE_SEND: &str = "ENABLE_SEND";
     /// Global: 1 when the recvmsg signal is enabled.
     pub const ENABLE_RECV: &str = "ENABLE_RECV";
+    /// Per-CPU hash: cgroup id -> retransmitted segments.
+    pub const RETRANSMITS: &str = "RETRANSMITS";
+    /// Globals: offsets of socket fields (from kernel BTF), see `observer::btf::SockOffsets`.
+    pub const OFF_SK_FAMILY: &str = "OFF_SK_FAMILY";
+    pub const OFF_SK_PROTOCOL: &str = "OFF_SK_PROTOCOL";
+    pub const OFF_SK_ERR: &str = "OFF_SK_ERR";
+    pub const OFF_SK_CGRP: &str = "OFF_SK_CGRP";
+    pub const CGRP_TAGGED: &str = "CGRP_TAGGED";
+    pub const OFF_CGROUP_KN: &str = "OFF_CGROUP_KN";
+    pub const OFF_KN_ID: &str = "OFF_KN_ID";
+    /// Global: 1 when the connections signal is enabled (marks call errors on connections).
+    pub const ENABLE_CONN: &str = "ENABLE_CONN";
     /// Global: number of parameters of `tcp_recvmsg` (6 before Linux 5.19, 5 since).
     pub const RECVMSG_NARGS: &str = "RECVMSG_NARGS";
 }

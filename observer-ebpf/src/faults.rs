@@ -36,7 +36,14 @@ fn fault_entry(flags: u32) {
     let user = u64::from(flags & FAULT_FLAG_USER != 0);
     // Key faults apart from socket calls of the same thread with the top bit.
     let key = bpf_get_current_pid_tgid() | (1 << 63);
-    let _ = CALL_START.insert(&key, &CallStart { ts: ts | user }, 0);
+    let _ = CALL_START.insert(
+        &key,
+        &CallStart {
+            ts: ts | user,
+            sk: 0,
+        },
+        0,
+    );
 }
 
 #[inline(always)]

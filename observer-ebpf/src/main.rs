@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod conn;
 mod faults;
 mod maps;
 mod tcp;

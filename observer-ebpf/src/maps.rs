@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    COUNTER_MAP_ENTRIES, CallStart, DEFAULT_MAX_CGROUPS, DEFAULT_RING_SIZE, Event, FaultCounts,
-    UNATTRIBUTED,
+    COUNTER_MAP_ENTRIES, CallStart, ConnState, DEFAULT_MAX_CGROUPS, DEFAULT_RING_SIZE, Event,
+    FaultCounts, UNATTRIBUTED,
 };
 
 /// A per-cgroup ring; the daemon creates one per admitted cgroup.
@@ -32,6 +32,15 @@ pub static LOST_EVENTS: PerCpuHashMap<u64, u64, COUNTER_MAP_ENTRIES> = PerCpuHas
 #[btf_map]
 pub static FAULT_COUNTS: PerCpuHashMap<u64, FaultCounts, COUNTER_MAP_ENTRIES> =
     PerCpuHashMap::new();
+
+/// socket address -> what we know of that TCP connection (cleaned at CLOSE; LRU bounds
+/// what connections that never close, or that we saw only half of, can hold).
+#[btf_map]
+pub static CONNECTIONS: LruHashMap<u64, ConnState, COUNTER_MAP_ENTRIES> = LruHashMap::new();
+
+/// cgroup id -> retransmitted segments.
+#[btf_map]
+pub static RETRANSMITS: PerCpuHashMap<u64, u64, COUNTER_MAP_ENTRIES> = PerCpuHashMap::new();
 
 /// pid_tgid -> entry time of the current send/recv-family syscall (tracepoint mode).
 #[btf_map]
@@ -123,6 +132,21 @@ fn count_lost<C: aya_ebpf::EbpfContext>(ctx: &C, cgroup_id: u64) {
         unsafe { *n += 1 };
     } else {
         let _ = LOST_EVENTS.insert(&UNATTRIBUTED, &1, 0);
+    }
+}
+
+/// Adds one to a per-CPU per-cgroup counter, creating it when absent.
+#[inline(always)]
+pub fn bump(map: &PerCpuHashMap<u64, u64, COUNTER_MAP_ENTRIES>, cgroup_id: u64) {
+    for _ in 0..2 {
+        if let Some(n) = map.get_ptr_mut(&cgroup_id) {
+            // SAFETY: a per-CPU value, written only by this CPU while preemption is disabled.
+            unsafe { *n += 1 };
+            return;
+        }
+        if map.insert(&cgroup_id, &1, BPF_NOEXIST).is_ok() {
+            return;
+        }
     }
 }
 

@@ -15,8 +15,9 @@ use aya_ebpf::{
         TracePointContext,
     },
 };
-use observer_common::{CallStart, Event, EventKind};
+use observer_common::{CallStart, EAGAIN, Event, EventKind};
 
+use crate::conn;
 use crate::maps::{CALL_START, SYSCALL_START, current_cgroup, emit};
 
 /// 1 when the sendmsg signal is enabled (set by the daemon).
@@ -51,6 +52,7 @@ const IPPROTO_TCP: u16 = 6;
 
 // Record layout of sock:sock_send_length / sock_recv_length (checked by the daemon
 // against the tracefs format file before attaching).
+const TP_SK: usize = 8;
 const TP_FAMILY: usize = 16;
 const TP_PROTOCOL: usize = 18;
 const TP_RET: usize = 20;
@@ -96,7 +98,7 @@ pub fn socklat_sys_enter(ctx: RawTracePointContext) -> i32 {
         // SAFETY: a value of our own map; only this thread writes its own entry.
         unsafe { (*start).ts = ts };
     } else {
-        let _ = SYSCALL_START.insert(&key, &CallStart { ts }, 0);
+        let _ = SYSCALL_START.insert(&key, &CallStart { ts, sk: 0 }, 0);
     }
     0
 }
@@ -125,6 +127,10 @@ fn sock_length(ctx: &TracePointContext, kind: EventKind) -> Result<(), i64> {
     if start.ts == 0 {
         return Ok(());
     }
+    if ret < 0 && ret != -EAGAIN {
+        // SAFETY: the record's `sk` field (offset 8, checked with the others).
+        conn::call_error(unsafe { rec.add(TP_SK).cast::<u64>().read() });
+    }
     let t = now();
     let duration = t.saturating_sub(start.ts);
     // A syscall that sends several messages (sendmmsg) times each from the end of the last.
@@ -152,8 +158,8 @@ pub fn socklat_sock_recv_length(ctx: TracePointContext) -> u32 {
 // ---------------------------------------------------------------- fentry and kprobe modes
 
 #[inline(always)]
-fn call_entry() {
-    let _ = CALL_START.insert(&bpf_get_current_pid_tgid(), &CallStart { ts: now() }, 0);
+fn call_entry(sk: u64) {
+    let _ = CALL_START.insert(&bpf_get_current_pid_tgid(), &CallStart { ts: now(), sk }, 0);
 }
 
 #[inline(always)]
@@ -164,12 +170,15 @@ fn call_exit(ctx: &impl EbpfContext, kind: EventKind, ret: i32) {
         return;
     };
     let _ = CALL_START.remove(&key);
+    if ret < 0 && ret != -EAGAIN {
+        conn::call_error(start.sk);
+    }
     send_event(ctx, kind, now().saturating_sub(start.ts), ret);
 }
 
 #[fentry(function = "tcp_sendmsg")]
-pub fn socklat_fentry_tcp_sendmsg(_ctx: FEntryContext) -> i32 {
-    call_entry();
+pub fn socklat_fentry_tcp_sendmsg(ctx: FEntryContext) -> i32 {
+    call_entry(ctx.arg(0));
     0
 }
 
@@ -182,8 +191,8 @@ pub fn socklat_fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
 }
 
 #[fentry(function = "tcp_recvmsg")]
-pub fn socklat_fentry_tcp_recvmsg(_ctx: FEntryContext) -> i32 {
-    call_entry();
+pub fn socklat_fentry_tcp_recvmsg(ctx: FEntryContext) -> i32 {
+    call_entry(ctx.arg(0));
     0
 }
 
@@ -199,8 +208,8 @@ pub fn socklat_fexit_tcp_recvmsg(ctx: FExitContext) -> i32 {
 }
 
 #[kprobe]
-pub fn socklat_kprobe_tcp_sendmsg(_ctx: ProbeContext) -> u32 {
-    call_entry();
+pub fn socklat_kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
+    call_entry(ctx.arg(0).unwrap_or(0));
     0
 }
 
@@ -212,8 +221,8 @@ pub fn socklat_kretprobe_tcp_sendmsg(ctx: RetProbeContext) -> u32 {
 }
 
 #[kprobe]
-pub fn socklat_kprobe_tcp_recvmsg(_ctx: ProbeContext) -> u32 {
-    call_entry();
+pub fn socklat_kprobe_tcp_recvmsg(ctx: ProbeContext) -> u32 {
+    call_entry(ctx.arg(0).unwrap_or(0));
     0
 }
 

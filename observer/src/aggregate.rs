@@ -12,7 +12,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use observer_common::{EAGAIN, Event, EventKind};
+use observer_common::{EAGAIN, Event, EventKind, Outcome};
 
 /// Slices per window.
 pub const SLICES: u64 = 6;
@@ -242,10 +242,57 @@ impl Signal {
     }
 }
 
+/// Connection outcomes of one cgroup: counts since start, and (closed, abnormal) per
+/// window slice for the abnormal-connection ratio.
+#[derive(Default)]
+pub struct ConnAgg {
+    pub outcomes: [u64; Outcome::ALL.len()],
+    slices: VecDeque<(u64, u64, u64)>,
+}
+
+impl ConnAgg {
+    /// Records one closed connection.
+    pub fn record(&mut self, outcome: Outcome, epoch: u64) {
+        self.outcomes[outcome as usize] += 1;
+        let abnormal = u64::from(outcome != Outcome::Normal);
+        match self.slices.back_mut() {
+            Some((e, closed, ab)) if *e == epoch => {
+                *closed += 1;
+                *ab += abnormal;
+            }
+            _ => self.slices.push_back((epoch, 1, abnormal)),
+        }
+        self.forget_before(epoch);
+    }
+
+    fn forget_before(&mut self, epoch: u64) {
+        while self
+            .slices
+            .front()
+            .is_some_and(|(e, _, _)| e + SLICES <= epoch)
+        {
+            self.slices.pop_front();
+        }
+    }
+
+    /// Abnormal / closed over the window; `None` when nothing closed in it.
+    pub fn window_ratio(&mut self, epoch: u64) -> Option<f64> {
+        self.forget_before(epoch);
+        let (closed, abnormal) = self
+            .slices
+            .iter()
+            .fold((0u64, 0u64), |(c, a), (_, sc, sa)| (c + sc, a + sa));
+        #[expect(clippy::cast_precision_loss, reason = "connection counts")]
+        let ratio = (closed > 0).then(|| abnormal as f64 / closed as f64);
+        ratio
+    }
+}
+
 /// Everything known about one cgroup (or about `_other`).
 #[derive(Default)]
 pub struct CgroupAgg {
     pub calls: [Option<Box<CallAgg>>; 2],
+    pub conns: Option<Box<ConnAgg>>,
     pub fault_durations: Option<Box<DurationAgg>>,
     /// Events received per [`Signal`].
     pub events: [u64; Signal::ALL.len()],
@@ -265,6 +312,14 @@ impl CgroupAgg {
                     .get_or_insert_with(|| Box::new(DurationAgg::new(epoch)));
                 d.advance(epoch);
                 d.record(ev.value);
+                return true;
+            }
+            Some(EventKind::ConnClose) => {
+                let Some(outcome) = Outcome::from_i32(ev.result) else {
+                    return false;
+                };
+                self.events[Signal::Connections as usize] += 1;
+                self.conns.get_or_insert_default().record(outcome, epoch);
                 return true;
             }
             None => return false,
@@ -456,10 +511,15 @@ fn snapshot_one(
         })
     });
     let fault_durations = agg.fault_durations.as_deref_mut().map(&mut dur);
+    let conns = agg.conns.as_deref_mut().map(|c| ConnSnapshot {
+        outcomes: c.outcomes,
+        window_ratio: c.window_ratio(epoch),
+    });
     CgroupSnapshot {
         id,
         calls,
         fault_durations,
+        conns,
         events: agg.events,
     }
 }
@@ -478,6 +538,15 @@ pub struct CallSnapshot {
     pub results: CallResults,
 }
 
+/// What a scrape shows of one cgroup's connections.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnSnapshot {
+    /// Closed connections per [`Outcome`], since start.
+    pub outcomes: [u64; Outcome::ALL.len()],
+    /// Abnormal / closed over the window, `None` when nothing closed in it.
+    pub window_ratio: Option<f64>,
+}
+
 /// What a scrape shows of one cgroup; `id` is `None` for `_other`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CgroupSnapshot {
@@ -485,6 +554,7 @@ pub struct CgroupSnapshot {
     /// `[sendmsg, recvmsg]`.
     pub calls: [Option<CallSnapshot>; 2],
     pub fault_durations: Option<DurationSnapshot>,
+    pub conns: Option<ConnSnapshot>,
     pub events: [u64; Signal::ALL.len()],
 }
 
@@ -648,6 +718,44 @@ mod tests {
         assert_eq!(send.durations.totals().count, 1);
         assert_eq!(c.calls[1].as_ref().unwrap().results.ok, 1);
         assert_eq!(c.events[Signal::SendMsg as usize], 3);
+    }
+
+    #[test]
+    fn outcomes_and_the_window_ratio() {
+        let mut c = CgroupAgg::default();
+        let close = |o: Outcome| Event {
+            cgroup_id: 7,
+            value: 0,
+            kind: EventKind::ConnClose as u32,
+            result: o as i32,
+        };
+        for o in [
+            Outcome::Normal,
+            Outcome::Normal,
+            Outcome::Refused,
+            Outcome::ResetSent,
+        ] {
+            assert!(c.record(&close(o), 0));
+        }
+        assert!(!c.record(
+            &Event {
+                result: 99,
+                ..close(Outcome::Normal)
+            },
+            0
+        ));
+        let conns = c.conns.as_mut().unwrap();
+        assert_eq!(conns.outcomes[Outcome::Normal as usize], 2);
+        assert_eq!(conns.outcomes[Outcome::Refused as usize], 1);
+        assert_eq!(conns.window_ratio(0), Some(0.5));
+        // Three slices later one more normal close: still inside the window.
+        assert!(c.record(&close(Outcome::Normal), 3));
+        assert_eq!(c.conns.as_mut().unwrap().window_ratio(3), Some(0.4));
+        // Once the first slice leaves the window only the last close counts.
+        assert_eq!(c.conns.as_mut().unwrap().window_ratio(SLICES), Some(0.0));
+        // And with nothing closed in the window there is no ratio at all.
+        assert_eq!(c.conns.as_mut().unwrap().window_ratio(3 + SLICES), None);
+        assert_eq!(c.events[Signal::Connections as usize], 5);
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use crate::aggregate::Signal;
 use crate::cgroups::{Resolver, cgroup2_mount};
 use crate::cli::{Cli, ProbeMode};
 use crate::error::Error;
@@ -73,9 +72,6 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
             for line in c.describe().lines() {
                 println!("  {line}");
             }
-        }
-        if cli.enabled(Signal::Connections) {
-            println!("  connections  not available in this build");
         }
         return Ok(i32::from(!missing.is_empty()));
     }

@@ -6,6 +6,7 @@
 //! daemon entry point, and embeds the kernel object built by `cargo xtask build-ebpf`.
 
 pub mod aggregate;
+pub mod btf;
 pub mod cgroups;
 pub mod cli;
 pub mod error;

@@ -11,6 +11,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::names;
 
 use crate::aggregate::Signal;
+use crate::btf::SockOffsets;
 use crate::cli::{Cli, ProbeMode};
 use crate::error::Error;
 
@@ -90,6 +91,13 @@ fn programs(signal: Signal, mode: ProbeMode) -> Vec<(&'static str, Attach)> {
         (Signal::RecvMsg, ProbeMode::Tracepoint) => vec![
             ("socklat_sys_enter", RawTp("sys_enter")),
             ("socklat_sock_recv_length", Tp("sock", "sock_recv_length")),
+        ],
+        // Connection lifecycle uses raw tracepoints in every mode.
+        (Signal::Connections, _) => vec![
+            ("socklat_inet_sock_set_state", RawTp("inet_sock_set_state")),
+            ("socklat_tcp_receive_reset", RawTp("tcp_receive_reset")),
+            ("socklat_tcp_send_reset", RawTp("tcp_send_reset")),
+            ("socklat_tcp_retransmit_skb", RawTp("tcp_retransmit_skb")),
         ],
         // Fault counts come from the exception tracepoints in every mode, so that they
         // mean the same everywhere; fentry/kprobe add durations and major/minor.
@@ -288,6 +296,10 @@ fn check_sock_length_format(cat: &str, name: &str) -> Result<(), String> {
 /// Loads the object and attaches the enabled signals. Fails only for errors that leave
 /// nothing to run (no object, no privileges); a signal that cannot attach is reported in
 /// its [`Choice`].
+#[expect(
+    clippy::too_many_lines,
+    reason = "globals, load and per-signal attach in one readable sequence"
+)]
 pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, Error> {
     let bytes_owned;
     let bytes: &[u8] = match &cli.ebpf_object {
@@ -306,7 +318,35 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, Error> {
     };
     let enable_send = u32::from(cli.enabled(Signal::SendMsg));
     let enable_recv = u32::from(cli.enabled(Signal::RecvMsg));
+    // Socket field offsets for the connection probes, from kernel BTF.
+    let offsets = crate::btf::Btf::from_sys_fs().and_then(|b| SockOffsets::from_btf(&b));
+    let o = offsets.as_ref().ok().copied().unwrap_or(SockOffsets {
+        sk_family: 16,
+        sk_protocol: 0,
+        sk_err: 0,
+        sk_cgrp_data: 0,
+        cgrp_ptr: 0,
+        cgrp_is_tagged_val: false,
+        cgroup_kn: 0,
+        kn_id: 0,
+    });
+    let enable_conn = u32::from(cli.enabled(Signal::Connections) && offsets.is_ok());
+    let off_sk_family = u64::from(o.sk_family);
+    let off_sk_protocol = u64::from(o.sk_protocol);
+    let off_sk_err = u64::from(o.sk_err);
+    let off_sk_cgrp = u64::from(o.sk_cgrp_data + o.cgrp_ptr);
+    let cgrp_tagged = u64::from(o.cgrp_is_tagged_val);
+    let off_cgroup_kn = u64::from(o.cgroup_kn);
+    let off_kn_id = u64::from(o.kn_id);
     let mut ebpf = EbpfLoader::new()
+        .override_global(names::ENABLE_CONN, &enable_conn, true)
+        .override_global(names::OFF_SK_FAMILY, &off_sk_family, true)
+        .override_global(names::OFF_SK_PROTOCOL, &off_sk_protocol, true)
+        .override_global(names::OFF_SK_ERR, &off_sk_err, true)
+        .override_global(names::OFF_SK_CGRP, &off_sk_cgrp, true)
+        .override_global(names::CGRP_TAGGED, &cgrp_tagged, true)
+        .override_global(names::OFF_CGROUP_KN, &off_cgroup_kn, true)
+        .override_global(names::OFF_KN_ID, &off_kn_id, true)
         .override_global(names::ENABLE_SEND, &enable_send, true)
         .override_global(names::ENABLE_RECV, &enable_recv, true)
         .override_global(names::RECVMSG_NARGS, &recvmsg_nargs, true)
@@ -323,7 +363,26 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, Error> {
     };
     let mut choices = Vec::new();
     for signal in Signal::ALL {
-        if !cli.enabled(signal) || signal == Signal::Connections {
+        if !cli.enabled(signal) {
+            continue;
+        }
+        if signal == Signal::Connections {
+            // Tracepoints in every mode; they need socket offsets from BTF.
+            let mut choice = Choice {
+                signal,
+                mode: None,
+                rejected: Vec::new(),
+                note: None,
+            };
+            match &offsets {
+                Ok(_) => match attacher.attach_mode(signal, ProbeMode::Tracepoint) {
+                    Ok(()) => choice.mode = Some(ProbeMode::Tracepoint),
+                    Err(why) => choice.rejected.push((ProbeMode::Tracepoint, why)),
+                },
+                Err(why) => choice.rejected.push((ProbeMode::Tracepoint, why.clone())),
+            }
+            log::info!("probe: {}", choice.describe());
+            choices.push(choice);
             continue;
         }
         let modes: &[ProbeMode] = match cli.probe_mode {

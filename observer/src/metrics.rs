@@ -17,7 +17,7 @@ use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricT
 use crate::aggregate::{BUCKETS_NS, CgroupSnapshot, DurationSnapshot, QUANTILES, Signal};
 use crate::cgroups::Labels;
 use crate::cli::ProbeMode;
-use observer_common::FaultCounts;
+use observer_common::{FaultCounts, Outcome};
 
 /// One set of per-cgroup series: a tracked cgroup, or `_other`.
 #[derive(Clone, Debug)]
@@ -28,6 +28,8 @@ pub struct Row {
     pub faults: FaultCounts,
     /// Events its ring could not take.
     pub lost: u64,
+    /// Retransmitted segments counted in the kernel.
+    pub retransmits: u64,
 }
 
 /// Everything one scrape shows.
@@ -150,17 +152,23 @@ pub enum Family {
     Faults,
     FaultDuration,
     FaultLatency,
+    ConnClosed,
+    AbnormalRatio,
+    Retransmits,
     Lost,
 }
 
 impl Family {
-    pub const ALL: [Family; 7] = [
+    pub const ALL: [Family; 10] = [
         Family::CallDuration,
         Family::CallLatency,
         Family::Calls,
         Family::Faults,
         Family::FaultDuration,
         Family::FaultLatency,
+        Family::ConnClosed,
+        Family::AbnormalRatio,
+        Family::Retransmits,
         Family::Lost,
     ];
 
@@ -173,6 +181,9 @@ impl Family {
             Family::Faults => "socklat_page_faults_total",
             Family::FaultDuration => "socklat_page_fault_duration_seconds",
             Family::FaultLatency => "socklat_page_fault_latency_seconds",
+            Family::ConnClosed => "socklat_tcp_connections_closed_total",
+            Family::AbnormalRatio => "socklat_tcp_abnormal_connection_ratio",
+            Family::Retransmits => "socklat_tcp_retransmits_total",
             Family::Lost => "socklat_ringbuf_lost_events_total",
         }
     }
@@ -196,6 +207,11 @@ impl Family {
             Family::FaultLatency => {
                 "Quantiles of page fault durations over the window, where the probe mode gives them."
             }
+            Family::ConnClosed => "TCP connections that reached CLOSE, by outcome.",
+            Family::AbnormalRatio => {
+                "Abnormal closed TCP connections / all closed, over the window."
+            }
+            Family::Retransmits => "Retransmitted TCP segments.",
             Family::Lost => "Events a full ring buffer could not take, per cgroup.",
         }
     }
@@ -204,7 +220,12 @@ impl Family {
         match self {
             Family::CallDuration | Family::FaultDuration => "histogram",
             Family::CallLatency | Family::FaultLatency => "summary",
-            Family::Calls | Family::Faults | Family::Lost => "counter",
+            Family::AbnormalRatio => "gauge",
+            Family::Calls
+            | Family::Faults
+            | Family::Lost
+            | Family::ConnClosed
+            | Family::Retransmits => "counter",
         }
     }
 
@@ -220,6 +241,11 @@ impl Family {
             Family::FaultDuration | Family::FaultLatency => {
                 snap.is_some_and(|s| s.fault_durations.is_some())
             }
+            Family::ConnClosed => snap.is_some_and(|s| s.conns.is_some()),
+            Family::AbnormalRatio => {
+                snap.is_some_and(|s| s.conns.as_ref().is_some_and(|c| c.window_ratio.is_some()))
+            }
+            Family::Retransmits => row.retransmits > 0 || snap.is_some_and(|s| s.conns.is_some()),
             Family::Lost => row.lost > 0 || row.labels.cgroup == "_other",
         }
     }
@@ -398,6 +424,26 @@ pub fn write_row(f: Family, row: &Row, out: &mut String) {
                 write_summary(out, name, &labels, d);
             }
         }
+        Family::ConnClosed => {
+            let Some(c) = row.snap.as_ref().and_then(|s| s.conns.as_ref()) else {
+                return;
+            };
+            for o in Outcome::ALL {
+                let l = with_pairs(&labels, &[("outcome", o.name())]);
+                sample(out, name, "", &l, None, c.outcomes[o as usize] as f64);
+            }
+        }
+        Family::AbnormalRatio => {
+            if let Some(r) = row
+                .snap
+                .as_ref()
+                .and_then(|s| s.conns.as_ref())
+                .and_then(|c| c.window_ratio)
+            {
+                sample(out, name, "", &labels, None, r);
+            }
+        }
+        Family::Retransmits => sample(out, name, "", &labels, None, row.retransmits as f64),
         Family::Lost => sample(out, name, "", &labels, None, row.lost as f64),
     }
 }
@@ -459,6 +505,7 @@ fn default_other() -> Row {
         snap: None,
         faults: FaultCounts::default(),
         lost: 0,
+        retransmits: 0,
     }
 }
 
@@ -537,11 +584,45 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         "Quantiles of page fault durations over the window, where the probe mode gives them.",
         MetricType::SUMMARY,
     );
+    let mut closed = family(
+        Family::ConnClosed.name(),
+        Family::ConnClosed.help(),
+        MetricType::COUNTER,
+    );
+    let mut ratio = family(
+        Family::AbnormalRatio.name(),
+        Family::AbnormalRatio.help(),
+        MetricType::GAUGE,
+    );
+    let mut retrans = family(
+        Family::Retransmits.name(),
+        Family::Retransmits.help(),
+        MetricType::COUNTER,
+    );
     let mut lost = family(
         "socklat_ringbuf_lost_events_total",
         "Events a full ring buffer could not take, per cgroup.",
         MetricType::COUNTER,
     );
+    for row in &s.rows {
+        let l = &row.labels;
+        if let Some(c) = row.snap.as_ref().and_then(|s| s.conns.as_ref()) {
+            for o in Outcome::ALL {
+                closed.mut_metric().push(counter(
+                    cgroup_labels(l, &[("outcome", o.name())]),
+                    c.outcomes[o as usize],
+                ));
+            }
+            if let Some(r) = c.window_ratio {
+                ratio.mut_metric().push(gauge(cgroup_labels(l, &[]), r));
+            }
+        }
+        if Family::Retransmits.has_samples(row) {
+            retrans
+                .mut_metric()
+                .push(counter(cgroup_labels(l, &[]), row.retransmits));
+        }
+    }
     for row in &s.rows {
         let l = &row.labels;
         if let Some(snap) = &row.snap {
@@ -627,7 +708,8 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         .push(gauge(vec![pair("version", env!("CARGO_PKG_VERSION"))], 1.0));
 
     [
-        dur, lat, calls, faults, fdur, flat, lost, events, probe, tracked, build,
+        dur, lat, calls, faults, fdur, flat, closed, ratio, retrans, lost, events, probe, tracked,
+        build,
     ]
     .into_iter()
     .filter(|f| !f.get_metric().is_empty())
@@ -637,7 +719,7 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{Aggregator, CgroupAgg};
+    use crate::aggregate::Aggregator;
     use observer_common::{Event, EventKind};
     use std::time::Duration;
 
@@ -654,7 +736,17 @@ mod tests {
                 0,
             );
         }
-        let _ = CgroupAgg::default();
+        for o in [Outcome::Normal, Outcome::Refused, Outcome::Normal] {
+            a.record_shared(
+                &Event {
+                    cgroup_id: 42,
+                    value: 0,
+                    kind: EventKind::ConnClose as u32,
+                    result: o as i32,
+                },
+                0,
+            );
+        }
         let snap = a.snapshot(0).pop();
         Scrape {
             rows: vec![Row {
@@ -669,6 +761,7 @@ mod tests {
                     ..FaultCounts::default()
                 },
                 lost: 3,
+                retransmits: 2,
             }],
             probes: vec![(Signal::SendMsg, ProbeMode::Tracepoint)],
             tracked: 1,
@@ -689,6 +782,9 @@ mod tests {
             "socklat_ringbuf_lost_events_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 3",
             "socklat_ringbuf_lost_events_total{cgroup=\"_other\",namespace=\"\",pod=\"\",container=\"\"} 0",
             "socklat_events_total{signal=\"sendmsg\"} 100",
+            "socklat_tcp_connections_closed_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",outcome=\"refused\"} 1",
+            "socklat_tcp_abnormal_connection_ratio{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 0.3333333333333333",
+            "socklat_tcp_retransmits_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 2",
             "socklat_probe_info{signal=\"sendmsg\",mode=\"tracepoint\"} 1",
             "socklat_cgroups_tracked 1",
             "socklat_build_info{version=",
@@ -721,6 +817,7 @@ mod tests {
         });
         second.faults = FaultCounts::default();
         second.lost = 0;
+        second.retransmits = 0;
         s.rows.push(second);
         for scrape in [s, Scrape::default()] {
             let mut reference = String::new();

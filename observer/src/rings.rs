@@ -144,6 +144,7 @@ pub struct Parts {
     pub outer: HashOfMaps<MapData, u64, MapData>,
     pub lost: PerCpuHashMap<MapData, u64, u64>,
     pub faults: PerCpuHashMap<MapData, u64, FaultCounts>,
+    pub retransmits: PerCpuHashMap<MapData, u64, u64>,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -171,6 +172,8 @@ impl Parts {
                 .map_err(conv(names::LOST_EVENTS))?,
             faults: PerCpuHashMap::try_from(map(ebpf, names::FAULT_COUNTS)?)
                 .map_err(conv(names::FAULT_COUNTS))?,
+            retransmits: PerCpuHashMap::try_from(map(ebpf, names::RETRANSMITS)?)
+                .map_err(conv(names::RETRANSMITS))?,
             logger,
         })
     }
@@ -253,6 +256,7 @@ struct Collector {
     shared: RingBuf<MapData>,
     lost: PerCpuHashMap<MapData, u64, u64>,
     faults: PerCpuHashMap<MapData, u64, FaultCounts>,
+    retransmits: PerCpuHashMap<MapData, u64, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     slots: Vec<Option<Slot>>,
     by_cgroup: IdMap<usize>,
@@ -289,6 +293,7 @@ pub fn spawn(
         outer,
         mut lost,
         faults,
+        retransmits,
         logger,
     } = parts;
     let installer = Installer::spawn(outer)?;
@@ -325,6 +330,7 @@ pub fn spawn(
         shared,
         lost,
         faults,
+        retransmits,
         logger,
         installer,
         slots: Vec::new(),
@@ -623,8 +629,12 @@ impl Collector {
         for (id, per_cpu) in self.lost.iter().flatten() {
             lost.insert(id, per_cpu.iter().sum());
         }
+        let mut retrans: IdMap<u64> = IdMap::default();
+        for (id, per_cpu) in self.retransmits.iter().flatten() {
+            retrans.insert(id, per_cpu.iter().sum());
+        }
         // Cgroups known only from their kernel counters get series too, if there is room.
-        for id in faults.keys().chain(lost.keys()) {
+        for id in faults.keys().chain(lost.keys()).chain(retrans.keys()) {
             if *id != UNATTRIBUTED {
                 let _ = self.agg.admit(*id);
             }
@@ -635,6 +645,7 @@ impl Collector {
             snap: None,
             faults: FaultCounts::default(),
             lost: lost.remove(&UNATTRIBUTED).unwrap_or(0),
+            retransmits: 0,
         };
         let mut events = [0u64; Signal::ALL.len()];
         for snap in self.agg.snapshot(epoch) {
@@ -646,6 +657,7 @@ impl Collector {
                     labels: self.resolver.resolve(id),
                     faults: faults.remove(&id).unwrap_or_default(),
                     lost: lost.remove(&id).unwrap_or(0),
+                    retransmits: retrans.remove(&id).unwrap_or(0),
                     snap: Some(snap),
                 }),
                 None => other.snap = Some(snap),
@@ -659,6 +671,7 @@ impl Collector {
             other.faults.minor += f.minor;
         }
         other.lost += lost.values().sum::<u64>();
+        other.retransmits += retrans.values().sum::<u64>();
         rows.push(other);
         Scrape {
             rows,

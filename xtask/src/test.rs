@@ -46,6 +46,8 @@ pub fn all() -> Result<()> {
         "--release",
         "--test",
         "privileged",
+        "--test",
+        "connections",
         "--",
         "--test-threads=1",
     ]))?;

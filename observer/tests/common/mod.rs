@@ -282,11 +282,108 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
     sorted[rank - 1]
 }
 
+/// A network namespace of the test's own whose only route leads to a veth whose peer
+/// answers nothing: connects to 192.0.2.2 there time out. The retry count is lowered in
+/// that namespace only, so a connect gives up after about 3 s. Removed on drop.
+pub struct DropNetns {
+    pub name: String,
+    peer: String,
+}
+
+impl DropNetns {
+    pub fn new() -> Self {
+        let name = format!("socklat-drop-{}", std::process::id());
+        let peer = format!("socklat-peer-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2)");
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        for ns in [&name, &peer] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        ip(&["netns", "add", &name]);
+        ip(&["netns", "add", &peer]);
+        ip(&[
+            "link", "add", "sldrop0", "netns", &name, "type", "veth", "peer", "name", "sldrop1",
+            "netns", &peer,
+        ]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&["-n", &name, "link", "set", "sldrop0", "up"]);
+        ip(&["-n", &peer, "link", "set", "sldrop1", "up"]);
+        ip(&["-n", &name, "addr", "add", "192.0.2.1/24", "dev", "sldrop0"]);
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "sysctl",
+                "-qw",
+                "net.ipv4.tcp_syn_retries=1",
+            ])
+            .status()
+            .expect("sysctl");
+        assert!(
+            st.success(),
+            "cannot lower tcp_syn_retries in the test namespace"
+        );
+        Self { name, peer }
+    }
+
+    /// Path of the namespace file, for setns(2).
+    pub fn path(&self) -> CString {
+        CString::new(format!("/run/netns/{}", self.name)).unwrap()
+    }
+}
+
+impl Drop for DropNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.peer])
+            .status();
+    }
+}
+
 /// Runs this test binary's `#[ignore]`d role test `role` in `cgroup` with the given
 /// environment, and returns its output lines that start with `@`.
 pub fn run_role(cgroup: &TestCgroup, role: &str, env: &[(&str, String)]) -> Child {
+    run_role_in(cgroup, None, role, env)
+}
+
+/// Like [`run_role`], and in the network namespace `netns` when given.
+pub fn run_role_in(
+    cgroup: &TestCgroup,
+    netns: Option<CString>,
+    role: &str,
+    env: &[(&str, String)],
+) -> Child {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = cgroup.command(exe.to_str().unwrap());
+    if let Some(ns) = netns {
+        // SAFETY: only async-signal-safe calls (open, setns, close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(ns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let rc = libc::setns(fd, libc::CLONE_NEWNET);
+                libc::close(fd);
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     cmd.args([
         "--exact",
         role,
