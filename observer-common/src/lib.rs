@@ -202,6 +202,22 @@ pub struct FaultCounts {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FaultCounts {}
 
+/// Per-CPU cache of the page fault counts of the cgroup that faulted last on this CPU:
+/// counting into it costs an array access instead of a hash lookup; it is added to
+/// `FAULT_COUNTS` when another cgroup faults on the CPU. The daemon reads both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FaultCache {
+    /// The cgroup the counts belong to (0: none yet).
+    pub cgroup_id: u64,
+    /// Counts not yet added to `FAULT_COUNTS`.
+    pub counts: FaultCounts,
+}
+
+// SAFETY: `#[repr(C)]`, only u64 fields, no padding: every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FaultCache {}
+
 /// Start of an in-flight call, keyed by `pid_tgid` in the kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -227,6 +243,8 @@ pub mod names {
     pub const ENABLE_SEND: &str = "ENABLE_SEND";
     /// Global: 1 when the recvmsg signal is enabled.
     pub const ENABLE_RECV: &str = "ENABLE_RECV";
+    /// Per-CPU array of one [`super::FaultCache`].
+    pub const FAULT_CACHE: &str = "FAULT_CACHE";
     /// Per-CPU hash: cgroup id -> retransmitted segments.
     pub const RETRANSMITS: &str = "RETRANSMITS";
     /// Globals: offsets of socket fields (from kernel BTF), see `observer::btf::SockOffsets`.

@@ -2,14 +2,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
-    btf_maps::{HashOfMaps, LruHashMap, PerCpuHashMap, RingBuf},
+    btf_maps::{HashOfMaps, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     helpers::{bpf_get_current_cgroup_id, bpf_ringbuf_query},
     macros::btf_map,
 };
 use aya_log_ebpf::warn;
 use observer_common::{
     COUNTER_MAP_ENTRIES, CallStart, ConnState, DEFAULT_MAX_CGROUPS, DEFAULT_RING_SIZE, Event,
-    FaultCounts, UNATTRIBUTED,
+    FaultCache, FaultCounts, UNATTRIBUTED,
 };
 
 /// A per-cgroup ring; the daemon creates one per admitted cgroup.
@@ -32,6 +32,10 @@ pub static LOST_EVENTS: PerCpuHashMap<u64, u64, COUNTER_MAP_ENTRIES> = PerCpuHas
 #[btf_map]
 pub static FAULT_COUNTS: PerCpuHashMap<u64, FaultCounts, COUNTER_MAP_ENTRIES> =
     PerCpuHashMap::new();
+
+/// The last faulting cgroup's counts, per CPU (see `FaultCache`).
+#[btf_map]
+pub static FAULT_CACHE: PerCpuArray<FaultCache, 1> = PerCpuArray::new();
 
 /// socket address -> what we know of that TCP connection (cleaned at CLOSE; LRU bounds
 /// what connections that never close, or that we saw only half of, can hold).

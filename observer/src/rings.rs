@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashOfMaps, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::maps::{HashOfMaps, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::util::nr_cpus;
-use observer_common::{Event, FaultCounts, UNATTRIBUTED, names};
+use observer_common::{Event, FaultCache, FaultCounts, UNATTRIBUTED, names};
 use tokio::sync::oneshot;
 
 use crate::aggregate::{Admission, Aggregator, IdMap, Signal};
@@ -145,6 +145,7 @@ pub struct Parts {
     pub lost: PerCpuHashMap<MapData, u64, u64>,
     pub faults: PerCpuHashMap<MapData, u64, FaultCounts>,
     pub retransmits: PerCpuHashMap<MapData, u64, u64>,
+    pub fault_cache: PerCpuArray<MapData, FaultCache>,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -174,6 +175,8 @@ impl Parts {
                 .map_err(conv(names::FAULT_COUNTS))?,
             retransmits: PerCpuHashMap::try_from(map(ebpf, names::RETRANSMITS)?)
                 .map_err(conv(names::RETRANSMITS))?,
+            fault_cache: PerCpuArray::try_from(map(ebpf, names::FAULT_CACHE)?)
+                .map_err(conv(names::FAULT_CACHE))?,
             logger,
         })
     }
@@ -257,6 +260,10 @@ struct Collector {
     lost: PerCpuHashMap<MapData, u64, u64>,
     faults: PerCpuHashMap<MapData, u64, FaultCounts>,
     retransmits: PerCpuHashMap<MapData, u64, u64>,
+    fault_cache: PerCpuArray<MapData, FaultCache>,
+    /// Highest fault counts shown per cgroup: the kernel moves counts from its per-CPU
+    /// cache to the hash while we read, so a scrape may miss some; never show less.
+    fault_floor: IdMap<FaultCounts>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     slots: Vec<Option<Slot>>,
     by_cgroup: IdMap<usize>,
@@ -294,6 +301,7 @@ pub fn spawn(
         mut lost,
         faults,
         retransmits,
+        fault_cache,
         logger,
     } = parts;
     let installer = Installer::spawn(outer)?;
@@ -331,6 +339,8 @@ pub fn spawn(
         lost,
         faults,
         retransmits,
+        fault_cache,
+        fault_floor: IdMap::default(),
         logger,
         installer,
         slots: Vec::new(),
@@ -624,6 +634,25 @@ impl Collector {
                 sum.minor += c.minor;
             }
             faults.insert(id, sum);
+        }
+        // Then the per-CPU caches (read after the hash: a count moving meanwhile is missed
+        // once, never counted twice).
+        if let Ok(per_cpu) = self.fault_cache.get(&0, 0) {
+            for c in per_cpu.iter() {
+                if c.cgroup_id != 0 {
+                    let f = faults.entry(c.cgroup_id).or_default();
+                    f.user += c.counts.user;
+                    f.kernel += c.counts.kernel;
+                }
+            }
+        }
+        for (id, f) in &mut faults {
+            let floor = self.fault_floor.entry(*id).or_default();
+            floor.user = floor.user.max(f.user);
+            floor.kernel = floor.kernel.max(f.kernel);
+            floor.major = floor.major.max(f.major);
+            floor.minor = floor.minor.max(f.minor);
+            *f = *floor;
         }
         let mut lost: IdMap<u64> = IdMap::default();
         for (id, per_cpu) in self.lost.iter().flatten() {
