@@ -243,6 +243,8 @@ pub mod names {
     pub const ENABLE_SEND: &str = "ENABLE_SEND";
     /// Global: 1 when the recvmsg signal is enabled.
     pub const ENABLE_RECV: &str = "ENABLE_RECV";
+    /// Per-CPU array of one u64: connections that reached CLOSE with no tracked state.
+    pub const CONN_UNTRACKED: &str = "CONN_UNTRACKED";
     /// Per-CPU array of one [`super::FaultCache`].
     pub const FAULT_CACHE: &str = "FAULT_CACHE";
     /// Per-CPU hash: cgroup id -> retransmitted segments.

@@ -13,7 +13,7 @@ use observer_common::{
     CONN_CALL_ERROR, CONN_RST_RECEIVED, CONN_RST_SENT, ConnState, Event, EventKind, Outcome,
 };
 
-use crate::maps::{CONNECTIONS, RETRANSMITS, bump, emit};
+use crate::maps::{CONN_UNTRACKED, CONNECTIONS, RETRANSMITS, bump, emit};
 
 #[unsafe(no_mangle)]
 static OFF_SK_FAMILY: Global<u64> = Global::new(16);
@@ -140,7 +140,13 @@ pub fn socklat_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let _ = CONNECTIONS.remove(&sk);
     let (cgroup_id, flags) = match state {
         Some(s) => (s.cgroup_id, s.flags),
-        None => (sk_cgroup(sk), 0),
+        None => {
+            if let Some(n) = CONN_UNTRACKED.get_ptr_mut(0) {
+                // SAFETY: a per-CPU value, written only by this CPU.
+                unsafe { *n += 1 };
+            }
+            (sk_cgroup(sk), 0)
+        }
     };
     let err = read::<i32>(sk, OFF_SK_ERR.load()).unwrap_or(0);
     let outcome = classify(old, flags, err);

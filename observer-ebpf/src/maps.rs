@@ -42,6 +42,12 @@ pub static FAULT_CACHE: PerCpuArray<FaultCache, 1> = PerCpuArray::new();
 #[btf_map]
 pub static CONNECTIONS: LruHashMap<u64, ConnState, COUNTER_MAP_ENTRIES> = LruHashMap::new();
 
+/// Connections that reached CLOSE with no state here: opened before the daemon started, or
+/// evicted from the full `CONNECTIONS` table. They are still classified, from their final
+/// state only; this counts them so that evictions are never silent.
+#[btf_map]
+pub static CONN_UNTRACKED: PerCpuArray<u64, 1> = PerCpuArray::new();
+
 /// cgroup id -> retransmitted segments.
 #[btf_map]
 pub static RETRANSMITS: PerCpuHashMap<u64, u64, COUNTER_MAP_ENTRIES> = PerCpuHashMap::new();

@@ -41,6 +41,8 @@ pub struct Scrape {
     pub tracked: usize,
     /// Events received by the daemon per signal (index: `Signal as usize`).
     pub events: [u64; Signal::ALL.len()],
+    /// Connections that closed with no state in the kernel's table.
+    pub untracked_connections: u64,
 }
 
 /// The labels of a row for `_other`.
@@ -462,6 +464,15 @@ pub fn write_globals(s: &Scrape, out: &mut String) {
             s.events[sig as usize],
         ));
     }
+    let mut untracked = family(
+        "socklat_tcp_connections_untracked_total",
+        "Connections that reached CLOSE with no state in the kernel's table (opened before the \
+         daemon started, or evicted from the full table), classified from their final state only.",
+        MetricType::COUNTER,
+    );
+    untracked
+        .mut_metric()
+        .push(counter(vec![], s.untracked_connections));
     let mut probe = family(
         "socklat_probe_info",
         "Probe mode in use per signal (1).",
@@ -488,7 +499,7 @@ pub fn write_globals(s: &Scrape, out: &mut String) {
     build
         .mut_metric()
         .push(gauge(vec![pair("version", env!("CARGO_PKG_VERSION"))], 1.0));
-    let families: Vec<MetricFamily> = [events, probe, tracked, build]
+    let families: Vec<MetricFamily> = [events, untracked, probe, tracked, build]
         .into_iter()
         .filter(|f| !f.get_metric().is_empty())
         .collect();
@@ -680,6 +691,15 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
             s.events[sig as usize],
         ));
     }
+    let mut untracked = family(
+        "socklat_tcp_connections_untracked_total",
+        "Connections that reached CLOSE with no state in the kernel's table (opened before the \
+         daemon started, or evicted from the full table), classified from their final state only.",
+        MetricType::COUNTER,
+    );
+    untracked
+        .mut_metric()
+        .push(counter(vec![], s.untracked_connections));
     let mut probe = family(
         "socklat_probe_info",
         "Probe mode in use per signal (1).",
@@ -708,8 +728,8 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         .push(gauge(vec![pair("version", env!("CARGO_PKG_VERSION"))], 1.0));
 
     [
-        dur, lat, calls, faults, fdur, flat, closed, ratio, retrans, lost, events, probe, tracked,
-        build,
+        dur, lat, calls, faults, fdur, flat, closed, ratio, retrans, lost, events, untracked,
+        probe, tracked, build,
     ]
     .into_iter()
     .filter(|f| !f.get_metric().is_empty())
@@ -766,6 +786,7 @@ mod tests {
             probes: vec![(Signal::SendMsg, ProbeMode::Tracepoint)],
             tracked: 1,
             events: [100, 0, 0, 0],
+            untracked_connections: 4,
         }
     }
 
@@ -782,6 +803,7 @@ mod tests {
             "socklat_ringbuf_lost_events_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 3",
             "socklat_ringbuf_lost_events_total{cgroup=\"_other\",namespace=\"\",pod=\"\",container=\"\"} 0",
             "socklat_events_total{signal=\"sendmsg\"} 100",
+            "socklat_tcp_connections_untracked_total 4",
             "socklat_tcp_connections_closed_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",outcome=\"refused\"} 1",
             "socklat_tcp_abnormal_connection_ratio{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 0.3333333333333333",
             "socklat_tcp_retransmits_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 2",

@@ -146,6 +146,7 @@ pub struct Parts {
     pub faults: PerCpuHashMap<MapData, u64, FaultCounts>,
     pub retransmits: PerCpuHashMap<MapData, u64, u64>,
     pub fault_cache: PerCpuArray<MapData, FaultCache>,
+    pub conn_untracked: PerCpuArray<MapData, u64>,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -177,6 +178,8 @@ impl Parts {
                 .map_err(conv(names::RETRANSMITS))?,
             fault_cache: PerCpuArray::try_from(map(ebpf, names::FAULT_CACHE)?)
                 .map_err(conv(names::FAULT_CACHE))?,
+            conn_untracked: PerCpuArray::try_from(map(ebpf, names::CONN_UNTRACKED)?)
+                .map_err(conv(names::CONN_UNTRACKED))?,
             logger,
         })
     }
@@ -261,6 +264,7 @@ struct Collector {
     faults: PerCpuHashMap<MapData, u64, FaultCounts>,
     retransmits: PerCpuHashMap<MapData, u64, u64>,
     fault_cache: PerCpuArray<MapData, FaultCache>,
+    conn_untracked: PerCpuArray<MapData, u64>,
     /// Highest fault counts shown per cgroup: the kernel moves counts from its per-CPU
     /// cache to the hash while we read, so a scrape may miss some; never show less.
     fault_floor: IdMap<FaultCounts>,
@@ -302,6 +306,7 @@ pub fn spawn(
         faults,
         retransmits,
         fault_cache,
+        conn_untracked,
         logger,
     } = parts;
     let installer = Installer::spawn(outer)?;
@@ -340,6 +345,7 @@ pub fn spawn(
         faults,
         retransmits,
         fault_cache,
+        conn_untracked,
         fault_floor: IdMap::default(),
         logger,
         installer,
@@ -702,8 +708,10 @@ impl Collector {
         other.lost += lost.values().sum::<u64>();
         other.retransmits += retrans.values().sum::<u64>();
         rows.push(other);
+        let untracked = self.conn_untracked.get(&0, 0).map_or(0, |v| v.iter().sum());
         Scrape {
             rows,
+            untracked_connections: untracked,
             probes: self.probes.clone(),
             tracked: self.agg.tracked(),
             events,

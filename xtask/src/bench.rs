@@ -32,7 +32,7 @@ pub struct Opts {
     /// Extra daemon flags for the socklat runs (e.g. "--ring-size 64K").
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub daemon_args: String,
-    /// Parts to run: throughput, pipeline, memory, faults, connect (comma separated).
+    /// Parts to run: throughput, conntrack, connect, faults, pipeline, memory (comma separated).
     #[arg(
         long,
         value_delimiter = ',',
@@ -394,6 +394,49 @@ fn throughput(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// The cost of connection tracking: request/response with socklat with and without the
+/// connections signal, both against no observer, interleaved.
+fn conntrack(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
+    let mut none = Vec::new();
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for round in 0..o.rounds {
+        none.push(rr_load(o.connections, o.seconds, 64));
+        let obs = start_socklat(
+            bin,
+            &[
+                "--probe-mode",
+                "tracepoint",
+                "--signals",
+                "sendmsg,recvmsg,pagefaults",
+            ],
+        )?;
+        without.push(rr_load(o.connections, o.seconds, 64));
+        stop(obs);
+        let obs = start_socklat(bin, &["--probe-mode", "tracepoint"])?;
+        with.push(rr_load(o.connections, o.seconds, 64));
+        stop(obs);
+        step(&format!(
+            "round {}: {:.0} req/s none, {:.0} without connections, {:.0} with",
+            round + 1,
+            none[round],
+            without[round],
+            with[round]
+        ));
+    }
+    let n = median(none);
+    let (a, b) = (median(without) / n, median(with) / n);
+    rows.push(Row {
+        name: "request/response ratio, socklat without the connections signal".into(),
+        value: format!("{a:.3}"),
+    });
+    rows.push(Row {
+        name: "  with it (difference in percentage points)".into(),
+        value: format!("{b:.3} ({:+.1} pp)", (b - a) * 100.0),
+    });
+    Ok(())
+}
+
 fn interleaved(
     o: &Opts,
     bin: &Path,
@@ -576,6 +619,9 @@ pub fn bench(o: &Opts) -> Result<()> {
     let want = |p: &str| o.only.iter().any(|x| x == p);
     if want("throughput") {
         throughput(o, &bin, &mut rows)?;
+    }
+    if want("conntrack") {
+        conntrack(o, &bin, &mut rows)?;
     }
     if want("connect") {
         let conns = o.connections;
