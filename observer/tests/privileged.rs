@@ -499,3 +499,73 @@ fn bad_input_and_unavailable_modes_fail_with_one_clear_line() {
         assert_eq!(code, Some(1), "{err}");
     }
 }
+
+/// Our programs currently loaded in the kernel (names are cut to 15 characters).
+fn socklat_programs() -> usize {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (installed by .ci/run) lists loaded programs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" name socklat_"))
+        .count()
+}
+
+/// Waits up to `secs` for every program of ours to be gone (the kernel frees programs
+/// shortly after their last reference closes).
+fn programs_gone_within(secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if socklat_programs() == 0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// SIGTERM and SIGINT stop the daemon within a second with every probe detached; after
+/// SIGKILL the kernel drops the probes too (links belong to the process); a restart right
+/// after works.
+#[test]
+fn shutdown_leaves_no_probe_behind_and_restart_works() {
+    if role().is_some() {
+        return;
+    }
+    assert!(
+        programs_gone_within(5),
+        "programs of an earlier daemon are still loaded"
+    );
+    let mut d = Daemon::start(&["--probe-mode", "tracepoint"]);
+    assert!(socklat_programs() >= 5, "probes not loaded");
+    let took = d.terminate();
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+    assert!(programs_gone_within(2), "programs left after SIGTERM");
+
+    let d = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let t = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(i32::try_from(d.child.id()).unwrap(), libc::SIGINT) };
+    let mut d = d;
+    let status = d.child.wait().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "SIGINT took {:?}",
+        t.elapsed()
+    );
+    assert!(status.success(), "exit after SIGINT: {status}");
+    assert!(programs_gone_within(2), "programs left after SIGINT");
+
+    let mut d = Daemon::start(&["--probe-mode", "tracepoint"]);
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    assert!(programs_gone_within(5), "programs left after SIGKILL");
+
+    let d = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let m = d.scrape();
+    assert_eq!(
+        m.get("socklat_probe_info", &[("signal", "recvmsg")]),
+        Some(1.0)
+    );
+}
