@@ -58,7 +58,8 @@ fn role_server() {
     if role().as_deref() != Some("role_server") {
         return;
     }
-    let l = TcpListener::bind(format!("127.0.0.1:{}", env("SOCKLAT_TEST_PORT"))).unwrap();
+    let host = std::env::var("SOCKLAT_TEST_BIND").unwrap_or_else(|_| "127.0.0.1".into());
+    let l = TcpListener::bind(format!("{host}:{}", env("SOCKLAT_TEST_PORT"))).unwrap();
     println!("@listening");
     let count: usize = env("SOCKLAT_TEST_COUNT").parse().unwrap();
     let mut handlers = Vec::new();
@@ -134,6 +135,21 @@ fn role_conn() {
                     std::io::Error::last_os_error().raw_os_error(),
                     Some(libc::EINVAL)
                 );
+            }
+            "established_timeout" => {
+                // Connected and acknowledged; then the peer goes silent (the test takes its
+                // address away) and our data is retransmitted until ETIMEDOUT.
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"n").unwrap();
+                s.read_exact(&mut b[..1]).unwrap();
+                std::fs::write(env("SOCKLAT_TEST_FLAG"), b"connected").unwrap();
+                while std::fs::read(env("SOCKLAT_TEST_FLAG")).unwrap() != b"go" {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                s.write_all(b"data nobody acknowledges").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let e = s.read(&mut b).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
             }
             "send_after_reset" => {
                 let mut s = TcpStream::connect(addr).unwrap();
@@ -327,4 +343,86 @@ fn outcomes_are_exact_per_cgroup_on_both_sides() {
         )
         .unwrap_or(0.0);
     assert_eq!(recv_errors, N as f64, "MSG_OOB receive errors");
+}
+
+/// An established connection whose peer goes silent ends in `timeout`, in the client's
+/// cgroup, closed by the retransmission timer (not in the client's context); its
+/// retransmissions are counted in the client's cgroup and equal the kernel's own count for
+/// the client's network namespace (`RetransSegs`).
+#[test]
+fn established_timeout_and_retransmits() {
+    if role().is_some() {
+        return;
+    }
+    let daemon = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let netns = DropNetns::new();
+    netns.peer_address(true);
+    let port = free_port();
+    let server_cg = TestCgroup::new("silent-server");
+    let server = run_role_in(
+        &server_cg,
+        Some(netns.peer_path()),
+        "role_server",
+        &[
+            ("SOCKLAT_TEST_PORT", port.to_string()),
+            ("SOCKLAT_TEST_COUNT", "1".into()),
+            ("SOCKLAT_TEST_BIND", "192.0.2.2".into()),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let client_cg = TestCgroup::new("timeout");
+    let flag = std::env::temp_dir().join(format!("socklat-flag-{}", std::process::id()));
+    std::fs::write(&flag, b"").unwrap();
+    let before = netns.retrans_segs();
+    let client = run_role_in(
+        &client_cg,
+        Some(netns.path()),
+        "role_conn",
+        &[
+            ("SOCKLAT_TEST_ADDR", format!("192.0.2.2:{port}")),
+            ("SOCKLAT_TEST_COUNT", "1".into()),
+            ("SOCKLAT_TEST_SCENARIO", "established_timeout".into()),
+            ("SOCKLAT_TEST_FLAG", flag.to_string_lossy().into_owned()),
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read(&flag).unwrap() != b"connected" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client did not connect"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    netns.peer_address(false);
+    std::fs::write(&flag, b"go").unwrap();
+    let out = role_output(client);
+    assert_eq!(out, ["ok"]);
+    let retransmitted = netns.retrans_segs() - before;
+    let _ = std::fs::remove_file(&flag);
+    let m = daemon.scrape();
+    let label = client_cg.label.as_str();
+    assert_eq!(
+        m.get(
+            "socklat_tcp_connections_closed_total",
+            &[("cgroup", label), ("outcome", "timeout")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get(
+            "socklat_tcp_abnormal_connection_ratio",
+            &[("cgroup", label)]
+        ),
+        Some(1.0)
+    );
+    assert!(retransmitted >= 1, "no retransmission in the namespace");
+    assert_eq!(
+        m.get("socklat_tcp_retransmits_total", &[("cgroup", label)]),
+        Some(retransmitted as f64),
+        "retransmits in {label} vs RetransSegs of its namespace"
+    );
+    // The silent server is left with a connection that will never finish: end it.
+    let mut server = server;
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -36,7 +36,7 @@ pub struct Opts {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,pipeline,memory,faults,connect"
+        default_value = "throughput,conntrack,connect,faults,pipeline,memory"
     )]
     pub only: Vec<String>,
 }

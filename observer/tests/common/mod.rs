@@ -283,8 +283,10 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
 }
 
 /// A network namespace of the test's own whose only route leads to a veth whose peer
-/// answers nothing: connects to 192.0.2.2 there time out. The retry count is lowered in
-/// that namespace only, so a connect gives up after about 3 s. Removed on drop.
+/// answers nothing: connects to 192.0.2.2 there time out. The retry counts are lowered in
+/// that namespace only (`tcp_syn_retries` 1: a connect gives up after about 3 s;
+/// `tcp_retries2` 1: an established connection whose peer went silent times out in about
+/// a second). Removed on drop.
 pub struct DropNetns {
     pub name: String,
     peer: String,
@@ -317,22 +319,55 @@ impl DropNetns {
         ip(&["-n", &name, "link", "set", "sldrop0", "up"]);
         ip(&["-n", &peer, "link", "set", "sldrop1", "up"]);
         ip(&["-n", &name, "addr", "add", "192.0.2.1/24", "dev", "sldrop0"]);
+        for knob in ["net.ipv4.tcp_syn_retries=1", "net.ipv4.tcp_retries2=1"] {
+            let st = Command::new("ip")
+                .args(["netns", "exec", &name, "sysctl", "-qw", knob])
+                .status()
+                .expect("sysctl");
+            assert!(st.success(), "cannot set {knob} in the test namespace");
+        }
+        Self { name, peer }
+    }
+
+    /// Gives the peer namespace the address 192.0.2.2 (or takes it away again, after which
+    /// the peer silently drops what it receives).
+    pub fn peer_address(&self, present: bool) {
+        let verb = if present { "add" } else { "del" };
         let st = Command::new("ip")
             .args([
-                "netns",
-                "exec",
-                &name,
-                "sysctl",
-                "-qw",
-                "net.ipv4.tcp_syn_retries=1",
+                "-n",
+                &self.peer,
+                "addr",
+                verb,
+                "192.0.2.2/24",
+                "dev",
+                "sldrop1",
             ])
             .status()
-            .expect("sysctl");
-        assert!(
-            st.success(),
-            "cannot lower tcp_syn_retries in the test namespace"
-        );
-        Self { name, peer }
+            .expect("ip");
+        assert!(st.success(), "ip addr {verb} in the peer namespace");
+    }
+
+    /// Path of the peer namespace file, for setns(2).
+    pub fn peer_path(&self) -> CString {
+        CString::new(format!("/run/netns/{}", self.peer)).unwrap()
+    }
+
+    /// TCP segments retransmitted in the first namespace (`RetransSegs` of its
+    /// /proc/net/snmp), the kernel's own count.
+    pub fn retrans_segs(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "cat", "/proc/net/snmp"])
+            .output()
+            .expect("ip netns exec cat");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+        let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+        let i = names
+            .split_whitespace()
+            .position(|n| n == "RetransSegs")
+            .unwrap();
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
     }
 
     /// Path of the namespace file, for setns(2).
