@@ -366,6 +366,7 @@ pub struct Aggregator {
     /// Events that went to `_other` because the cgroup limit was reached.
     pub overflow_events: u64,
     received: u64,
+    forgotten_events: [u64; Signal::ALL.len()],
     scratch: Histogram<u32>,
 }
 
@@ -381,6 +382,7 @@ impl Aggregator {
             unknown_events: 0,
             overflow_events: 0,
             received: 0,
+            forgotten_events: [0; Signal::ALL.len()],
             scratch: new_histogram(),
         }
     }
@@ -463,9 +465,28 @@ impl Aggregator {
         out
     }
 
-    /// Forgets a cgroup (it was removed); its future events, if any, re-admit it.
+    /// Forgets a cgroup (it was removed); its future events, if any, re-admit it. Its event
+    /// counts stay in the totals.
     pub fn forget(&mut self, cgroup_id: u64) -> bool {
-        self.cgroups.remove(&cgroup_id).is_some()
+        let Some(agg) = self.cgroups.remove(&cgroup_id) else {
+            return false;
+        };
+        for (t, e) in self.forgotten_events.iter_mut().zip(agg.events) {
+            *t += e;
+        }
+        true
+    }
+
+    /// Events of cgroups that were forgotten, per [`Signal`].
+    #[must_use]
+    pub fn forgotten_events(&self) -> [u64; Signal::ALL.len()] {
+        self.forgotten_events
+    }
+
+    /// All events received for a tracked cgroup (`None` when it is not tracked).
+    #[must_use]
+    pub fn events_of(&self, cgroup_id: u64) -> Option<u64> {
+        self.cgroups.get(&cgroup_id).map(|a| a.events.iter().sum())
     }
 
     /// Ids of the admitted cgroups.
@@ -782,6 +803,12 @@ mod tests {
             .map(|s| s.calls[0].as_ref().map_or(0, |c| c.results.ok))
             .sum();
         assert_eq!(total, 5, "no event lost or double counted");
+        // A forgotten cgroup frees its slot; its events stay in the totals.
+        assert!(a.forget(1));
+        assert!(!a.forget(1));
+        assert_eq!(a.tracked(), 1);
+        assert_eq!(a.forgotten_events()[Signal::SendMsg as usize], 2);
+        assert_eq!(a.record_shared(&mk(5), 0), Admission::New);
     }
 
     #[test]

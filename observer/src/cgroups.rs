@@ -5,7 +5,6 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::aggregate::IdMap;
 
@@ -64,12 +63,12 @@ pub fn cgroup2_mount() -> Result<PathBuf, String> {
 }
 
 /// Resolves cgroup ids (the inode numbers of cgroup v2 directories) to labels, with a cache.
-/// A miss rescans the tree, at most once per `min_rescan`, never on the event path.
+/// A miss rescans the tree, at most once per round (a scrape, a garbage collection: see
+/// [`Resolver::begin_round`]), never on the event path.
 pub struct Resolver {
     root: PathBuf,
     cache: IdMap<Arc<Labels>>,
-    last_scan: Option<Instant>,
-    min_rescan: Duration,
+    rescanned: bool,
 }
 
 impl Resolver {
@@ -78,9 +77,13 @@ impl Resolver {
         Self {
             root,
             cache: IdMap::default(),
-            last_scan: None,
-            min_rescan: Duration::from_millis(200),
+            rescanned: false,
         }
+    }
+
+    /// Starts a round: the next miss may rescan the tree again.
+    pub fn begin_round(&mut self) {
+        self.rescanned = false;
     }
 
     /// Labels of a cgroup id. An id that is not (or no longer) in the tree gets
@@ -89,10 +92,7 @@ impl Resolver {
         if let Some(l) = self.cache.get(&id) {
             return Arc::clone(l);
         }
-        if self
-            .last_scan
-            .is_none_or(|t| t.elapsed() >= self.min_rescan)
-        {
+        if !self.rescanned {
             self.rescan();
             if let Some(l) = self.cache.get(&id) {
                 return Arc::clone(l);
@@ -118,7 +118,7 @@ impl Resolver {
     }
 
     fn rescan(&mut self) {
-        self.last_scan = Some(Instant::now());
+        self.rescanned = true;
         let mut stack = vec![(self.root.clone(), String::from("/"))];
         while let Some((dir, rel)) = stack.pop() {
             let Ok(meta) = std::fs::metadata(&dir) else {

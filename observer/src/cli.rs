@@ -43,6 +43,11 @@ pub struct Cli {
           default_value = "sendmsg,recvmsg,connections,pagefaults", value_parser = parse_signal)]
     pub signals: Vec<Signal>,
 
+    /// How long a removed cgroup keeps its series (and the daemon its ring) after its last
+    /// event; then they are dropped, so that churn does not fill `--max-cgroups`.
+    #[arg(long, env = "SOCKLAT_CGROUP_TTL", default_value = "2m", value_parser = parse_duration)]
+    pub cgroup_ttl: Duration,
+
     /// Load and attach everything, print what was chosen per signal and why, and exit
     /// (0 if every enabled signal attached).
     #[arg(long, env = "SOCKLAT_CHECK")]
@@ -173,6 +178,7 @@ mod tests {
         assert_eq!(c.max_cgroups, 1024);
         assert_eq!(c.ring_size, 256 * 1024);
         assert_eq!(c.signals.len(), 4);
+        assert_eq!(c.cgroup_ttl, Duration::from_mins(2));
         assert!(!c.check);
     }
 

@@ -99,6 +99,7 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
             max_cgroups: usize::try_from(cli.max_cgroups).unwrap_or(usize::MAX),
             window: cli.window,
             ring_size: cli.ring_size,
+            cgroup_ttl: cli.cgroup_ttl,
             probes,
             resolver: Resolver::new(cgroup_root),
         },

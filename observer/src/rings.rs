@@ -207,20 +207,34 @@ struct Retired {
 /// kernel/bpf/syscall.c), milliseconds each, and the collector must keep draining
 /// meanwhile (measured: installing 1000 rings inline filled the shared ring).
 struct Installer {
-    requests: mpsc::Sender<(u64, MapData, u64)>,
+    requests: mpsc::Sender<Install>,
     done: mpsc::Receiver<(u64, bool)>,
     next_ticket: u64,
 }
 
+enum Install {
+    /// Put a cgroup's ring in the map (ticket reported when done).
+    Insert(u64, MapData, u64),
+    /// Take a dead cgroup's ring out of the map.
+    Remove(u64),
+}
+
 impl Installer {
     fn spawn(mut outer: HashOfMaps<MapData, u64, MapData>) -> Result<Self, Error> {
-        let (requests, rx) = mpsc::channel::<(u64, MapData, u64)>();
+        let (requests, rx) = mpsc::channel::<Install>();
         let (done_tx, done) = mpsc::channel();
         std::thread::Builder::new()
             .name("socklat-install".into())
             .spawn(move || {
                 let mut failures = 0u64;
-                while let Ok((cgroup_id, ring, ticket)) = rx.recv() {
+                while let Ok(req) = rx.recv() {
+                    let (cgroup_id, ring, ticket) = match req {
+                        Install::Insert(c, r, t) => (c, r, t),
+                        Install::Remove(c) => {
+                            let _ = outer.remove(&c);
+                            continue;
+                        }
+                    };
                     let ok = match outer.insert(&cgroup_id, &ring, 0) {
                         Ok(()) => true,
                         Err(e) => {
@@ -253,8 +267,15 @@ impl Installer {
         let data = MapData::from_fd(fd).ok()?;
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.requests.send((cgroup_id, data, ticket)).ok()?;
+        self.requests
+            .send(Install::Insert(cgroup_id, data, ticket))
+            .ok()?;
         Some(ticket)
+    }
+
+    /// Queues the removal of a dead cgroup's ring.
+    fn remove(&self, cgroup_id: u64) {
+        let _ = self.requests.send(Install::Remove(cgroup_id));
     }
 }
 
@@ -283,6 +304,11 @@ struct Collector {
     ring_create_failures: u64,
     retired: Vec<Retired>,
     installer: Installer,
+    cgroup_ttl: Duration,
+    /// Per tracked cgroup: its event count at the last garbage collection, and since when
+    /// it has not changed.
+    idle: IdMap<(u64, Instant)>,
+    last_gc: Instant,
 }
 
 /// Settings of the collector.
@@ -290,6 +316,7 @@ pub struct Settings {
     pub max_cgroups: usize,
     pub window: Duration,
     pub ring_size: u32,
+    pub cgroup_ttl: Duration,
     pub probes: Vec<(Signal, ProbeMode)>,
     pub resolver: Resolver,
 }
@@ -362,6 +389,9 @@ pub fn spawn(
         probes: settings.probes,
         ring_create_failures: 0,
         retired: Vec::new(),
+        cgroup_ttl: settings.cgroup_ttl,
+        idle: IdMap::default(),
+        last_gc: Instant::now(),
     };
     let join = std::thread::Builder::new()
         .name("socklat-collector".into())
@@ -384,6 +414,12 @@ impl Collector {
                     self.drain_slot(i);
                 }
                 self.drain_retired();
+            }
+            if self.last_gc.elapsed()
+                >= (self.cgroup_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(10))
+            {
+                self.last_gc = Instant::now();
+                self.collect_dead_cgroups();
             }
             for ev in &events[..n] {
                 let token = ev.u64;
@@ -429,6 +465,50 @@ impl Collector {
             let Some(item) = slot.ring.next() else { break };
             sink.push(&item);
             n += 1;
+        }
+    }
+
+    /// Drops cgroups that no longer exist and have had no event for `--cgroup-ttl`: their
+    /// series, ring, kernel map entries and cached labels.
+    fn collect_dead_cgroups(&mut self) {
+        self.resolver.begin_round();
+        let now = Instant::now();
+        let ids: Vec<u64> = self.agg.ids().collect();
+        let mut dead = Vec::new();
+        for id in ids {
+            let events = self.agg.events_of(id).unwrap_or(0);
+            let entry = self.idle.entry(id).or_insert((events, now));
+            if entry.0 != events {
+                *entry = (events, now);
+                continue;
+            }
+            if now.duration_since(entry.1) < self.cgroup_ttl {
+                continue;
+            }
+            let _ = self.resolver.resolve(id);
+            if self.resolver.exists(id) != Some(true) {
+                dead.push(id);
+            }
+        }
+        for id in dead {
+            self.agg.forget(id);
+            self.idle.remove(&id);
+            self.resolver.forget(id);
+            self.fault_floor.remove(&id);
+            if let Some(i) = self.by_cgroup.remove(&id) {
+                if let Some(Some(slot)) = self.slots.get(i) {
+                    self.epoll.remove(slot.ring.as_fd().as_raw_fd());
+                    self.installer.remove(id);
+                }
+                if let Some(s) = self.slots.get_mut(i) {
+                    *s = None;
+                }
+            }
+            self.retired.retain(|r| r.slot.cgroup_id != id);
+            let _ = self.lost.remove(&id);
+            let _ = self.faults.remove(&id);
+            let _ = self.retransmits.remove(&id);
+            log::debug!("cgroup {id} is gone: series and ring dropped");
         }
     }
 
@@ -629,6 +709,7 @@ impl Collector {
     }
 
     fn scrape(&mut self) -> Scrape {
+        self.resolver.begin_round();
         let epoch = self.epoch();
         let mut faults: IdMap<FaultCounts> = IdMap::default();
         for (id, per_cpu) in self.faults.iter().flatten() {
@@ -682,7 +763,7 @@ impl Collector {
             lost: lost.remove(&UNATTRIBUTED).unwrap_or(0),
             retransmits: 0,
         };
-        let mut events = [0u64; Signal::ALL.len()];
+        let mut events = self.agg.forgotten_events();
         for snap in self.agg.snapshot(epoch) {
             for (t, e) in events.iter_mut().zip(snap.events) {
                 *t += e;

@@ -569,3 +569,126 @@ fn shutdown_leaves_no_probe_behind_and_restart_works() {
         Some(1.0)
     );
 }
+
+/// Cgroup ids that have a ring in the kernel's `CGROUP_RINGS` map.
+fn kernel_ring_keys() -> Vec<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "dump", "name", "CGROUP_RINGS", "-j"])
+        .output()
+        .expect("bpftool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // [{"key":["0x01","0x00",...],"value":[...]}, ...]: eight little-endian key bytes.
+    text.split("\"key\":[")
+        .skip(1)
+        .map(|rest| {
+            let bytes: Vec<u8> = rest
+                .split(']')
+                .next()
+                .unwrap()
+                .split(',')
+                .map(|b| {
+                    u8::from_str_radix(b.trim().trim_matches('"').trim_start_matches("0x"), 16)
+                        .unwrap()
+                })
+                .collect();
+            u64::from_le_bytes(bytes.try_into().unwrap())
+        })
+        .collect()
+}
+
+/// Churn: removed cgroups lose their series, their ring and their kernel map entries once
+/// `--cgroup-ttl` has passed without events, so dead cgroups never use up `--max-cgroups`:
+/// three rounds of six short-lived cgroups, with room for eight, all get series of their
+/// own with exact counts and nothing goes to `_other`.
+#[test]
+fn dead_cgroups_are_dropped_after_the_ttl() {
+    if role().is_some() {
+        return;
+    }
+    let daemon = Daemon::start(&[
+        "--probe-mode",
+        "tracepoint",
+        "--cgroup-ttl",
+        "1s",
+        "--max-cgroups",
+        "8",
+    ]);
+    let server = delay_server();
+    for round in 0..3 {
+        let cgs: Vec<TestCgroup> = (0..6)
+            .map(|i| TestCgroup::new(&format!("churn{round}-{i}")))
+            .collect();
+        let clients: Vec<_> = cgs
+            .iter()
+            .map(|cg| {
+                run_role(
+                    cg,
+                    "role_client",
+                    &[
+                        ("SOCKLAT_TEST_ADDR", server.to_string()),
+                        ("SOCKLAT_TEST_DELAYS_US", join(&[50; 10])),
+                    ],
+                )
+            })
+            .collect();
+        let made: Vec<Measured> = clients
+            .into_iter()
+            .map(|c| parse_calls(&role_output(c)))
+            .collect();
+        let m = daemon.scrape();
+        for (cg, calls) in cgs.iter().zip(&made) {
+            let got = m.get(
+                "socklat_tcp_calls_total",
+                &[
+                    ("cgroup", cg.label.as_str()),
+                    ("call", "sendmsg"),
+                    ("result", "ok"),
+                ],
+            );
+            assert_eq!(
+                got,
+                Some(calls.send.len() as f64),
+                "round {round}: {}",
+                cg.label
+            );
+        }
+        let ids: Vec<u64> = cgs.iter().map(TestCgroup::id).collect();
+        // Rings are installed off the event path, shortly after a cgroup's first events.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ids.iter().all(|id| kernel_ring_keys().contains(id)) {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: rings not installed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let labels: Vec<String> = cgs.iter().map(|c| c.label.clone()).collect();
+        drop(cgs);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = daemon.scrape_text();
+            let gone = labels
+                .iter()
+                .all(|l| !text.contains(&format!("cgroup=\"{l}\"")));
+            let keys = kernel_ring_keys();
+            if gone && ids.iter().all(|id| !keys.contains(id)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: dead cgroups still shown after 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let m = daemon.scrape();
+    let other = m.get(
+        "socklat_tcp_calls_total",
+        &[("cgroup", "_other"), ("call", "sendmsg"), ("result", "ok")],
+    );
+    assert_eq!(
+        other, None,
+        "events went to _other: dead cgroups used up the limit"
+    );
+    assert!(m.get("socklat_cgroups_tracked", &[]).unwrap() <= 2.0);
+}
