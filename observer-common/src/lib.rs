@@ -259,8 +259,6 @@ pub mod names {
     pub const OFF_KN_ID: &str = "OFF_KN_ID";
     /// Global: 1 when the connections signal is enabled (marks call errors on connections).
     pub const ENABLE_CONN: &str = "ENABLE_CONN";
-    /// Global: number of parameters of `tcp_recvmsg` (6 before Linux 5.19, 5 since).
-    pub const RECVMSG_NARGS: &str = "RECVMSG_NARGS";
 }
 
 /// Compile-time size of a per-cgroup ring in the object; the daemon may create rings of

@@ -26,10 +26,6 @@ static ENABLE_SEND: Global<u32> = Global::new(1);
 /// 1 when the recvmsg signal is enabled (set by the daemon).
 #[unsafe(no_mangle)]
 static ENABLE_RECV: Global<u32> = Global::new(1);
-/// Parameters of `tcp_recvmsg`: 6 before Linux 5.19 (commit ec095263a965 removed
-/// `nonblock`), 5 since. fexit reads the return value after the last parameter.
-#[unsafe(no_mangle)]
-static RECVMSG_NARGS: Global<u32> = Global::new(5);
 
 // x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 const NR_READ: i64 = 0;
@@ -196,13 +192,27 @@ pub fn socklat_fentry_tcp_recvmsg(ctx: FEntryContext) -> i32 {
     0
 }
 
+// fexit reads the return value after the last parameter, at a constant context offset (the
+// verifier refuses a variable one). `tcp_recvmsg` had 6 parameters before Linux 5.19
+// (commit ec095263a965 removed `nonblock`), 5 since, and 4 once `addr_len` went too (seen
+// on 7.3): one program per shape, and the daemon loads the one the kernel's BTF asks for.
 #[fexit(function = "tcp_recvmsg")]
-pub fn socklat_fexit_tcp_recvmsg(ctx: FExitContext) -> i32 {
-    let ret: i32 = if RECVMSG_NARGS.load() == 6 {
-        ctx.arg(6)
-    } else {
-        ctx.arg(5)
-    };
+pub fn socklat_fexit_tcp_recvmsg4(ctx: FExitContext) -> i32 {
+    let ret: i32 = ctx.arg(4);
+    call_exit(&ctx, EventKind::RecvMsg, ret);
+    0
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn socklat_fexit_tcp_recvmsg5(ctx: FExitContext) -> i32 {
+    let ret: i32 = ctx.arg(5);
+    call_exit(&ctx, EventKind::RecvMsg, ret);
+    0
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn socklat_fexit_tcp_recvmsg6(ctx: FExitContext) -> i32 {
+    let ret: i32 = ctx.arg(6);
     call_exit(&ctx, EventKind::RecvMsg, ret);
     0
 }

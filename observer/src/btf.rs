@@ -10,6 +10,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -36,6 +37,10 @@ pub struct Btf {
     composites: HashMap<u32, Composite>,
     /// Struct name -> type ids with that name (the first complete one is used).
     by_name: HashMap<String, Vec<u32>>,
+    /// Function name -> its prototype's type id.
+    funcs: HashMap<String, u32>,
+    /// Function prototype type id -> number of parameters.
+    protos: HashMap<u32, u16>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, String> {
@@ -73,6 +78,8 @@ impl Btf {
             strings,
             composites: HashMap::new(),
             by_name: HashMap::new(),
+            funcs: HashMap::new(),
+            protos: HashMap::new(),
         };
         let mut at = 0;
         let mut id = 1u32;
@@ -90,6 +97,13 @@ impl Btf {
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
                 _ => 0,
             };
+            if kind == KIND_FUNC {
+                let n = btf.string(name).to_string();
+                btf.funcs.insert(n, u32_at(types, at - 4)?);
+            } else if kind == KIND_FUNC_PROTO {
+                btf.protos
+                    .insert(id, u16::try_from(vlen).unwrap_or(u16::MAX));
+            }
             if kind == KIND_STRUCT || kind == KIND_UNION {
                 let mut members = Vec::with_capacity(vlen);
                 for m in 0..vlen {
@@ -158,6 +172,12 @@ impl Btf {
             .get(name)?
             .iter()
             .find_map(|&id| self.find(id, member, 0).map(|(off, _)| off))
+    }
+
+    /// Number of parameters of kernel function `name`.
+    #[must_use]
+    pub fn func_params(&self, name: &str) -> Option<u16> {
+        self.protos.get(self.funcs.get(name)?).copied()
     }
 
     /// Whether `struct name` has a member `member`.
@@ -289,5 +309,8 @@ mod tests {
             "skc_family has been at offset 16 of sock_common for years"
         );
         assert!(o.sk_protocol > o.sk_family && o.sk_cgrp_data > 0);
+        assert_eq!(btf.func_params("tcp_sendmsg"), Some(3));
+        let n = btf.func_params("tcp_recvmsg").unwrap();
+        assert!((4..=6).contains(&n), "tcp_recvmsg has {n} parameters");
     }
 }

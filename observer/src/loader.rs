@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use aya::programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint};
-use aya::util::KernelVersion;
 use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::names;
 
@@ -64,8 +63,13 @@ enum Attach {
     Tp(&'static str, &'static str),
 }
 
-/// Programs that make up one (signal, mode).
-fn programs(signal: Signal, mode: ProbeMode) -> Vec<(&'static str, Attach)> {
+/// Programs that make up one (signal, mode); `recvmsg_params` is the number of parameters
+/// of this kernel's `tcp_recvmsg` (from BTF).
+fn programs(
+    signal: Signal,
+    mode: ProbeMode,
+    recvmsg_params: Option<u16>,
+) -> Vec<(&'static str, Attach)> {
     use Attach::{FEntry, FExit, KProbe, RawTp, Tp};
     match (signal, mode) {
         (Signal::SendMsg, ProbeMode::Fentry) => vec![
@@ -74,7 +78,13 @@ fn programs(signal: Signal, mode: ProbeMode) -> Vec<(&'static str, Attach)> {
         ],
         (Signal::RecvMsg, ProbeMode::Fentry) => vec![
             ("socklat_fentry_tcp_recvmsg", FEntry("tcp_recvmsg")),
-            ("socklat_fexit_tcp_recvmsg", FExit("tcp_recvmsg")),
+            // fexit reads the return value after the last parameter; how many there are
+            // depends on the kernel (see observer-ebpf/src/tcp.rs).
+            match recvmsg_params {
+                Some(4) => ("socklat_fexit_tcp_recvmsg4", FExit("tcp_recvmsg")),
+                Some(6) => ("socklat_fexit_tcp_recvmsg6", FExit("tcp_recvmsg")),
+                _ => ("socklat_fexit_tcp_recvmsg5", FExit("tcp_recvmsg")),
+            },
         ],
         (Signal::SendMsg, ProbeMode::Kprobe) => vec![
             ("socklat_kprobe_tcp_sendmsg", KProbe("tcp_sendmsg")),
@@ -145,6 +155,7 @@ struct Attacher<'a> {
     ebpf: &'a mut Ebpf,
     btf: Option<&'a Btf>,
     attached: BTreeSet<&'static str>,
+    recvmsg_params: Option<u16>,
 }
 
 impl Attacher<'_> {
@@ -215,7 +226,7 @@ impl Attacher<'_> {
 
     /// Attaches every program of (signal, mode), or none of those it newly attached.
     fn attach_mode(&mut self, signal: Signal, mode: ProbeMode) -> Result<(), String> {
-        let progs = programs(signal, mode);
+        let progs = programs(signal, mode, self.recvmsg_params);
         if progs.is_empty() {
             return Err(format!("{} has no {} probes", signal.name(), mode.name()));
         }
@@ -312,14 +323,19 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, Error> {
         }
         None => EMBEDDED_OBJECT,
     };
-    let recvmsg_nargs: u32 = match KernelVersion::current() {
-        Ok(v) if v < KernelVersion::new(5, 19, 0) => 6,
-        _ => 5,
-    };
     let enable_send = u32::from(cli.enabled(Signal::SendMsg));
     let enable_recv = u32::from(cli.enabled(Signal::RecvMsg));
-    // Socket field offsets for the connection probes, from kernel BTF.
-    let offsets = crate::btf::Btf::from_sys_fs().and_then(|b| SockOffsets::from_btf(&b));
+    // Socket field offsets for the connection probes, and the shape of tcp_recvmsg, from
+    // kernel BTF.
+    let kernel_btf = crate::btf::Btf::from_sys_fs();
+    let offsets = kernel_btf
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(SockOffsets::from_btf);
+    let recvmsg_params = kernel_btf
+        .as_ref()
+        .ok()
+        .and_then(|b| b.func_params("tcp_recvmsg"));
     let o = offsets.as_ref().ok().copied().unwrap_or(SockOffsets {
         sk_family: 16,
         sk_protocol: 0,
@@ -349,7 +365,6 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, Error> {
         .override_global(names::OFF_KN_ID, &off_kn_id, true)
         .override_global(names::ENABLE_SEND, &enable_send, true)
         .override_global(names::ENABLE_RECV, &enable_recv, true)
-        .override_global(names::RECVMSG_NARGS, &recvmsg_nargs, true)
         .map_max_entries(names::CGROUP_RINGS, cli.max_cgroups)
         .map_max_entries(names::SHARED_RING, shared_ring_size)
         .load(bytes)
@@ -360,6 +375,7 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, Error> {
         ebpf: &mut ebpf,
         btf: btf.as_ref(),
         attached: BTreeSet::new(),
+        recvmsg_params,
     };
     let mut choices = Vec::new();
     for signal in Signal::ALL {

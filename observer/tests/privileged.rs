@@ -186,7 +186,7 @@ fn events_arrive_through_the_ring_buffers() {
     if role().is_some() {
         return;
     }
-    let daemon = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
     let server = delay_server();
     let cg = TestCgroup::new("smoke");
     let client = run_role(
@@ -223,7 +223,7 @@ fn events_arrive_through_the_ring_buffers() {
     assert!(
         scrape.get(
             "socklat_probe_info",
-            &[("signal", "sendmsg"), ("mode", "tracepoint")]
+            &[("signal", "sendmsg"), ("mode", common::mode().as_str())]
         ) == Some(1.0)
     );
     assert!(
@@ -234,12 +234,26 @@ fn events_arrive_through_the_ring_buffers() {
     );
 }
 
+/// How far below and above the test's own quantile the daemon's may be (see the test
+/// below). In the kernel-matrix guests QEMU emulates the CPU (TCG) on a busy host: the
+/// clock read after a call can come milliseconds late when the vCPU is descheduled, which
+/// only makes the test's value larger; so there the daemon may be up to 20% + 4 ms below,
+/// and still at most 2% + 0.5 ms above (its interval lies inside the test's).
+fn tolerance(want: f64) -> (f64, f64) {
+    if common::in_vm() {
+        (want * 0.2 + 4e-3, want * 0.02 + 0.5e-3)
+    } else {
+        let t = want * 0.015 + 100e-6;
+        (t, t)
+    }
+}
+
 /// Issue 3: two cgroups whose clients see different server delays (about 2 ms and about
 /// 20 ms, each with spread) at the same time. For each cgroup and call the daemon's count
 /// equals the calls the client made, and its window quantiles agree with the client's own
 /// measurements.
 ///
-/// Tolerance: |daemon - test| <= 1.5% of the test's value + 100 us. The daemon's interval
+/// Tolerance (host): |daemon - test| <= 1.5% of the test's value + 100 us. The daemon's interval
 /// (syscall entry to sock_*_length) lies inside the test's (`Instant::now()` around the
 /// call), shorter by the syscall's entry/exit and the clock reads, a few microseconds;
 /// `HdrHistogram` at 2 significant figures answers with the highest value of the exact
@@ -250,7 +264,7 @@ fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
     if role().is_some() {
         return;
     }
-    let daemon = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
     let server = delay_server();
     let fast = TestCgroup::new("fast");
     let slow = TestCgroup::new("slow");
@@ -315,10 +329,10 @@ fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
                     )
                     .unwrap_or_else(|| panic!("no {call} q{q} for {}", cg.label));
                 let want = quantile(samples, q.parse().unwrap()) as f64 / 1e9;
-                let tol = want * 0.015 + 100e-6;
+                let (below, above) = tolerance(want);
                 assert!(
-                    (got - want).abs() <= tol,
-                    "{} {call} q{q}: daemon {got:.6}s vs test {want:.6}s (tolerance {tol:.6}s)",
+                    got >= want - below && got <= want + above,
+                    "{} {call} q{q}: daemon {got:.6}s vs test {want:.6}s (allowed -{below:.6}s/+{above:.6}s)",
                     cg.label
                 );
             }
@@ -361,7 +375,7 @@ fn page_fault_counts_match_the_kernels_per_process_counters() {
     if role().is_some() {
         return;
     }
-    let daemon = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
     let busy = TestCgroup::new("faulty");
     let idle = TestCgroup::new("idle");
     // A process started outside, then moved into `idle`, where it only sleeps.
@@ -414,6 +428,19 @@ fn page_fault_counts_match_the_kernels_per_process_counters() {
         daemon_total <= kernel_total * 1.02 + 64.0,
         "daemon {daemon_total} >> kernel {kernel_total}"
     );
+    // Where the mode times the fault handler, the faulting cgroup has durations too.
+    if matches!(common::mode().as_str(), "fentry" | "kprobe") {
+        let n = scrape
+            .get(
+                "socklat_page_fault_duration_seconds_count",
+                &[("cgroup", busy.label.as_str())],
+            )
+            .unwrap_or(0.0);
+        assert!(
+            n >= f64::from(pages),
+            "{n} fault durations for {pages} pages touched"
+        );
+    }
     let idle_total = get(&idle, "user") + get(&idle, "kernel");
     assert!(idle_total <= 50.0, "idle cgroup faulted {idle_total} times");
 }
@@ -446,8 +473,7 @@ fn check_reports_the_choice_per_signal_and_exits_zero() {
         assert!(["fentry", "kprobe", "tracepoint"].contains(&mode), "{line}");
         if mode != "fentry" {
             assert!(
-                text.contains(&format!("fentry unavailable: fentry tcp_{}", &sig[..4]))
-                    || sig == "pagefaults",
+                text.contains("fentry unavailable:"),
                 "auto mode must say why fentry was skipped: {line}"
             );
         }
@@ -533,17 +559,21 @@ fn shutdown_leaves_no_probe_behind_and_restart_works() {
     if role().is_some() {
         return;
     }
+    if common::in_vm() {
+        eprintln!("skipped in the kernel-matrix guest: needs bpftool");
+        return;
+    }
     assert!(
         programs_gone_within(5),
         "programs of an earlier daemon are still loaded"
     );
-    let mut d = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let mut d = Daemon::start(&["--probe-mode", &common::mode()]);
     assert!(socklat_programs() >= 5, "probes not loaded");
     let took = d.terminate();
     assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
     assert!(programs_gone_within(2), "programs left after SIGTERM");
 
-    let d = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let d = Daemon::start(&["--probe-mode", &common::mode()]);
     let t = Instant::now();
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(i32::try_from(d.child.id()).unwrap(), libc::SIGINT) };
@@ -557,12 +587,12 @@ fn shutdown_leaves_no_probe_behind_and_restart_works() {
     assert!(status.success(), "exit after SIGINT: {status}");
     assert!(programs_gone_within(2), "programs left after SIGINT");
 
-    let mut d = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let mut d = Daemon::start(&["--probe-mode", &common::mode()]);
     d.child.kill().unwrap();
     let _ = d.child.wait();
     assert!(programs_gone_within(5), "programs left after SIGKILL");
 
-    let d = Daemon::start(&["--probe-mode", "tracepoint"]);
+    let d = Daemon::start(&["--probe-mode", &common::mode()]);
     let m = d.scrape();
     assert_eq!(
         m.get("socklat_probe_info", &[("signal", "recvmsg")]),
@@ -605,9 +635,13 @@ fn dead_cgroups_are_dropped_after_the_ttl() {
     if role().is_some() {
         return;
     }
+    if common::in_vm() {
+        eprintln!("skipped in the kernel-matrix guest: needs bpftool");
+        return;
+    }
     let daemon = Daemon::start(&[
         "--probe-mode",
-        "tracepoint",
+        &common::mode(),
         "--cgroup-ttl",
         "1s",
         "--max-cgroups",

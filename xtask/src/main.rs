@@ -5,6 +5,7 @@ mod build;
 mod test;
 mod toolchain;
 mod util;
+mod vm;
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -32,8 +33,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Every test layer: lints, unit tests, privileged integration tests (root).
+    /// Every test layer: lints, unit tests, privileged integration tests (root), and the
+    /// kernel matrix in QEMU.
     Test,
+    /// The privileged tests on stock Debian kernels (5.10, 6.1, 6.12, 7.3) in QEMU, in every
+    /// probe mode each supports; prints a kernel x mode table.
+    VmTest(vm::Opts),
     /// Benchmarks: overhead ratios measured side by side, pipeline rate, memory.
     Bench(bench::Opts),
     /// (internal) the client process of the memory benchmark.
@@ -81,6 +86,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Test => test::all(),
         Cmd::Lint => test::lint(),
         Cmd::Bench(o) => bench::bench(&o),
+        Cmd::VmTest(o) => vm::vm_test(&o),
         Cmd::BenchClient { addr, requests } => bench::client(&addr, requests),
     }
 }

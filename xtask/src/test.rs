@@ -51,6 +51,12 @@ pub fn all() -> Result<()> {
         "--",
         "--test-threads=1",
     ]))?;
+    step("kernel matrix: the privileged tests on stock kernels in QEMU");
+    crate::vm::vm_test(&crate::vm::Opts {
+        kernels: vec!["5.10".into(), "6.1".into(), "6.12".into(), "7.3".into()],
+        modes: vec!["fentry".into(), "kprobe".into(), "tracepoint".into()],
+        timeout: 600,
+    })?;
     step("all test layers passed");
     Ok(())
 }
