@@ -523,13 +523,29 @@ fn boot(
         rows.push((m.clone(), verdict(&text, label, m)));
     }
     let code = status.code().unwrap_or(-1);
-    if code != 1 && code != 3 {
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+    // `socklat --check` in auto mode, as the guest saw it.
+    let auto: Vec<&str> = text
+        .split("@@check auto")
+        .nth(1)
+        .unwrap_or("")
+        .lines()
+        .take_while(|l| !l.contains("@@checkrc"))
+        .filter(|l| !l.trim_start().starts_with('['))
+        .collect();
+    println!(
+        "--- {kernel}: socklat --check (auto)\n{}",
+        auto.join("\n").trim()
+    );
+    let bad = rows
+        .iter()
+        .any(|(_, v)| v.starts_with("FAIL") || v.starts_with("no verdict"));
+    if bad || (code != 1 && code != 3) {
         eprintln!(
             "--- {label}: QEMU exit {code} after {:?}; serial tail:",
             started.elapsed()
         );
-        for l in tail.iter().rev() {
+        let lines: Vec<&str> = text.lines().collect();
+        for l in &lines[lines.len().saturating_sub(60)..] {
             eprintln!("{l}");
         }
     }
