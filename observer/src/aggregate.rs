@@ -12,7 +12,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use observer_common::{EAGAIN, Event, EventKind, Outcome};
+use observer_common::{EAGAIN, Event, EventKind, FAULT_MAJOR, Outcome};
 
 /// Slices per window.
 pub const SLICES: u64 = 6;
@@ -293,7 +293,8 @@ impl ConnAgg {
 pub struct CgroupAgg {
     pub calls: [Option<Box<CallAgg>>; 2],
     pub conns: Option<Box<ConnAgg>>,
-    pub fault_durations: Option<Box<DurationAgg>>,
+    /// Fault durations, `[minor, major]` (fentry/kprobe modes).
+    pub fault_durations: [Option<Box<DurationAgg>>; 2],
     /// Events received per [`Signal`].
     pub events: [u64; Signal::ALL.len()],
 }
@@ -307,8 +308,8 @@ impl CgroupAgg {
             Some(EventKind::RecvMsg) => (1, Signal::RecvMsg),
             Some(EventKind::PageFault) => {
                 self.events[Signal::PageFaults as usize] += 1;
-                let d = self
-                    .fault_durations
+                let major = usize::from(ev.result & FAULT_MAJOR != 0);
+                let d = self.fault_durations[major]
                     .get_or_insert_with(|| Box::new(DurationAgg::new(epoch)));
                 d.advance(epoch);
                 d.record(ev.value);
@@ -531,7 +532,7 @@ fn snapshot_one(
             results: c.results,
         })
     });
-    let fault_durations = agg.fault_durations.as_deref_mut().map(&mut dur);
+    let fault_durations = [0, 1].map(|i| agg.fault_durations[i].as_deref_mut().map(&mut dur));
     let conns = agg.conns.as_deref_mut().map(|c| ConnSnapshot {
         outcomes: c.outcomes,
         window_ratio: c.window_ratio(epoch),
@@ -574,7 +575,8 @@ pub struct CgroupSnapshot {
     pub id: Option<u64>,
     /// `[sendmsg, recvmsg]`.
     pub calls: [Option<CallSnapshot>; 2],
-    pub fault_durations: Option<DurationSnapshot>,
+    /// `[minor, major]`.
+    pub fault_durations: [Option<DurationSnapshot>; 2],
     pub conns: Option<ConnSnapshot>,
     pub events: [u64; Signal::ALL.len()],
 }

@@ -204,7 +204,7 @@ impl Family {
             }
             Family::Faults => "Page faults by mode (user, kernel).",
             Family::FaultDuration => {
-                "Duration of page faults (handle_mm_fault), where the probe mode gives it."
+                "Duration of page faults (handle_mm_fault) by fault (minor, major), where the probe mode gives it."
             }
             Family::FaultLatency => {
                 "Quantiles of page fault durations over the window, where the probe mode gives them."
@@ -241,7 +241,7 @@ impl Family {
             }
             Family::Faults => row.faults != FaultCounts::default(),
             Family::FaultDuration | Family::FaultLatency => {
-                snap.is_some_and(|s| s.fault_durations.is_some())
+                snap.is_some_and(|s| s.fault_durations.iter().any(Option::is_some))
             }
             Family::ConnClosed => snap.is_some_and(|s| s.conns.is_some()),
             Family::AbnormalRatio => {
@@ -254,6 +254,8 @@ impl Family {
 }
 
 const CALLS: [&str; 2] = ["sendmsg", "recvmsg"];
+/// The `fault` label of the fault duration series, in `fault_durations` order.
+const FAULT_KINDS: [&str; 2] = ["minor", "major"];
 
 /// Writes `s` with `\`, newline and (for label values) `"` escaped.
 fn escaped(out: &mut String, s: &str, quote: bool) {
@@ -417,13 +419,15 @@ pub fn write_row(f: Family, row: &Row, out: &mut String) {
             }
         }
         Family::FaultDuration | Family::FaultLatency => {
-            let Some(d) = row.snap.as_ref().and_then(|s| s.fault_durations.as_ref()) else {
-                return;
-            };
-            if f == Family::FaultDuration {
-                write_histogram(out, name, &labels, d);
-            } else {
-                write_summary(out, name, &labels, d);
+            let Some(snap) = &row.snap else { return };
+            for (kind, d) in FAULT_KINDS.iter().zip(&snap.fault_durations) {
+                let Some(d) = d else { continue };
+                let l = with_pairs(&labels, &[("fault", kind)]);
+                if f == Family::FaultDuration {
+                    write_histogram(out, name, &l, d);
+                } else {
+                    write_summary(out, name, &l, d);
+                }
             }
         }
         Family::ConnClosed => {
@@ -587,7 +591,7 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
     );
     let mut fdur = family(
         "socklat_page_fault_duration_seconds",
-        "Duration of page faults (handle_mm_fault), where the probe mode gives it.",
+        "Duration of page faults (handle_mm_fault) by fault (minor, major), where the probe mode gives it.",
         MetricType::HISTOGRAM,
     );
     let mut flat = family(
@@ -654,9 +658,13 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
                     ));
                 }
             }
-            if let Some(d) = &snap.fault_durations {
-                fdur.mut_metric().push(histogram(cgroup_labels(l, &[]), d));
-                flat.mut_metric().push(summary(cgroup_labels(l, &[]), d));
+            for (kind, d) in FAULT_KINDS.iter().zip(&snap.fault_durations) {
+                if let Some(d) = d {
+                    fdur.mut_metric()
+                        .push(histogram(cgroup_labels(l, &[("fault", kind)]), d));
+                    flat.mut_metric()
+                        .push(summary(cgroup_labels(l, &[("fault", kind)]), d));
+                }
             }
         }
         if row.faults != FaultCounts::default() {
@@ -756,6 +764,21 @@ mod tests {
                 0,
             );
         }
+        for (ns, result) in [
+            (2_000, 0),
+            (3_000, 0),
+            (900_000, observer_common::FAULT_MAJOR),
+        ] {
+            a.record_shared(
+                &Event {
+                    cgroup_id: 42,
+                    value: ns,
+                    kind: EventKind::PageFault as u32,
+                    result,
+                },
+                0,
+            );
+        }
         for o in [Outcome::Normal, Outcome::Refused, Outcome::Normal] {
             a.record_shared(
                 &Event {
@@ -804,6 +827,8 @@ mod tests {
             "socklat_ringbuf_lost_events_total{cgroup=\"_other\",namespace=\"\",pod=\"\",container=\"\"} 0",
             "socklat_events_total{signal=\"sendmsg\"} 100",
             "socklat_tcp_connections_untracked_total 4",
+            "socklat_page_fault_duration_seconds_count{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",fault=\"minor\"} 2",
+            "socklat_page_fault_duration_seconds_count{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",fault=\"major\"} 1",
             "socklat_tcp_connections_closed_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",outcome=\"refused\"} 1",
             "socklat_tcp_abnormal_connection_ratio{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 0.3333333333333333",
             "socklat_tcp_retransmits_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 2",

@@ -433,7 +433,7 @@ fn page_fault_counts_match_the_kernels_per_process_counters() {
         let n = scrape
             .get(
                 "socklat_page_fault_duration_seconds_count",
-                &[("cgroup", busy.label.as_str())],
+                &[("cgroup", busy.label.as_str()), ("fault", "minor")],
             )
             .unwrap_or(0.0);
         assert!(
