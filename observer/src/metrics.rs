@@ -454,9 +454,8 @@ pub fn write_row(f: Family, row: &Row, out: &mut String) {
     }
 }
 
-/// The global families (events, probes, cgroups tracked, build), through the prometheus
-/// crate's encoder.
-pub fn write_globals(s: &Scrape, out: &mut String) {
+/// The global families (events, untracked connections, probes, cgroups tracked, build).
+fn global_families(s: &Scrape) -> Vec<MetricFamily> {
     let mut events = family(
         "socklat_events_total",
         "Events received by the daemon from the kernel, per signal.",
@@ -503,12 +502,16 @@ pub fn write_globals(s: &Scrape, out: &mut String) {
     build
         .mut_metric()
         .push(gauge(vec![pair("version", env!("CARGO_PKG_VERSION"))], 1.0));
-    let families: Vec<MetricFamily> = [events, untracked, probe, tracked, build]
+    [events, untracked, probe, tracked, build]
         .into_iter()
         .filter(|f| !f.get_metric().is_empty())
-        .collect();
+        .collect()
+}
+
+/// Writes the global families through the prometheus crate's encoder.
+pub fn write_globals(s: &Scrape, out: &mut String) {
     TextEncoder::new()
-        .encode_utf8(&families, out)
+        .encode_utf8(&global_families(s), out)
         .expect("families built here are well-formed");
 }
 
@@ -688,60 +691,14 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
             .push(counter(cgroup_labels(&other_labels(), &[]), 0));
     }
 
-    let mut events = family(
-        "socklat_events_total",
-        "Events received by the daemon from the kernel, per signal.",
-        MetricType::COUNTER,
-    );
-    for sig in Signal::ALL {
-        events.mut_metric().push(counter(
-            vec![pair("signal", sig.name())],
-            s.events[sig as usize],
-        ));
-    }
-    let mut untracked = family(
-        "socklat_tcp_connections_untracked_total",
-        "Connections that reached CLOSE with no state in the kernel's table (opened before the \
-         daemon started, or evicted from the full table), classified from their final state only.",
-        MetricType::COUNTER,
-    );
-    untracked
-        .mut_metric()
-        .push(counter(vec![], s.untracked_connections));
-    let mut probe = family(
-        "socklat_probe_info",
-        "Probe mode in use per signal (1).",
-        MetricType::GAUGE,
-    );
-    for (sig, mode) in &s.probes {
-        probe.mut_metric().push(gauge(
-            vec![pair("signal", sig.name()), pair("mode", mode.name())],
-            1.0,
-        ));
-    }
-    let mut tracked = family(
-        "socklat_cgroups_tracked",
-        "Cgroups with their own series now.",
-        MetricType::GAUGE,
-    );
-    #[expect(clippy::cast_precision_loss, reason = "small count")]
-    tracked.mut_metric().push(gauge(vec![], s.tracked as f64));
-    let mut build = family(
-        "socklat_build_info",
-        "Build of the daemon (1).",
-        MetricType::GAUGE,
-    );
-    build
-        .mut_metric()
-        .push(gauge(vec![pair("version", env!("CARGO_PKG_VERSION"))], 1.0));
-
-    [
-        dur, lat, calls, faults, fdur, flat, closed, ratio, retrans, lost, events, untracked,
-        probe, tracked, build,
+    let mut all: Vec<MetricFamily> = [
+        dur, lat, calls, faults, fdur, flat, closed, ratio, retrans, lost,
     ]
     .into_iter()
     .filter(|f| !f.get_metric().is_empty())
-    .collect()
+    .collect();
+    all.extend(global_families(s));
+    all
 }
 
 #[cfg(test)]
