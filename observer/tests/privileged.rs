@@ -260,6 +260,10 @@ fn tolerance(want: f64) -> (f64, f64) {
 /// value's bucket, at most 1% above; the rest covers a preemption between the tracepoint
 /// and the user-space clock read on this 2-core machine.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "two cgroups, two calls, every check in one place"
+)]
 fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
     if role().is_some() {
         return;
@@ -301,11 +305,21 @@ fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
                 "socklat_tcp_calls_total",
                 &[base[0], base[1], ("result", "ok")],
             );
-            assert_eq!(
-                ok,
-                Some(samples.len() as f64),
-                "{call} count in {}",
-                cg.label
+            // Every call is either counted or, where a ring could not take its event,
+            // counted as lost (never silently missing). On this machine nothing is lost; in
+            // the TCG guests a ring lock held by a descheduled vCPU can make a reserve fail.
+            let lost = scrape
+                .get("socklat_ringbuf_lost_events_total", &[base[0]])
+                .unwrap_or(0.0);
+            if !common::in_vm() {
+                assert!(lost < 0.5, "{lost} lost events in {}", cg.label);
+            }
+            let ok = ok.unwrap_or(0.0);
+            assert!(
+                ok <= samples.len() as f64 && ok + lost >= samples.len() as f64,
+                "{call} count in {}: {ok} counted + {lost} lost for {} calls",
+                cg.label,
+                samples.len()
             );
             for other in ["eagain", "error"] {
                 let n = scrape.get(
@@ -725,4 +739,77 @@ fn dead_cgroups_are_dropped_after_the_ttl() {
         "events went to _other: dead cgroups used up the limit"
     );
     assert!(m.get("socklat_cgroups_tracked", &[]).unwrap() <= 2.0);
+}
+
+/// setpriv options that leave the process only the given capabilities (root's uid stays).
+fn only_caps(caps: &str) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        format!("--bounding-set=-all,{caps}"),
+        format!("--inh-caps=-all,{caps}"),
+        format!("--ambient-caps=-all,{caps}"),
+        "--".into(),
+    ]
+}
+
+/// The daemon runs with `CAP_BPF` and `CAP_PERFMON` and nothing else (every other capability
+/// dropped from its bounding set), and still counts a cgroup's calls exactly; without
+/// `CAP_BPF` it stops with one clear line.
+#[test]
+fn runs_with_only_cap_bpf_and_cap_perfmon() {
+    if role().is_some() {
+        return;
+    }
+    if common::in_vm() {
+        eprintln!("skipped in the kernel-matrix guest: needs setpriv");
+        return;
+    }
+    let wrapper = only_caps("+bpf,+perfmon");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_wrapped(&wrapper, &["--probe-mode", &common::mode()]);
+    // The daemon's effective set is exactly CAP_BPF (39) and CAP_PERFMON (38).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+    let cap_eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert_eq!(
+        cap_eff.split_whitespace().nth(1),
+        Some("000000c000000000"),
+        "{cap_eff}"
+    );
+    let server = delay_server();
+    let cg = TestCgroup::new("lowpriv");
+    let client = run_role(
+        &cg,
+        "role_client",
+        &[
+            ("SOCKLAT_TEST_ADDR", server.to_string()),
+            ("SOCKLAT_TEST_DELAYS_US", join(&[100; 20])),
+        ],
+    );
+    let m = parse_calls(&role_output(client));
+    let scrape = daemon.scrape();
+    let sends = scrape.get(
+        "socklat_tcp_calls_total",
+        &[
+            ("cgroup", cg.label.as_str()),
+            ("call", "sendmsg"),
+            ("result", "ok"),
+        ],
+    );
+    assert_eq!(sends, Some(m.send.len() as f64));
+
+    let wrapper = only_caps("+perfmon");
+    let out = std::process::Command::new(&wrapper[0])
+        .args(&wrapper[1..])
+        .arg(common::SOCKLAT)
+        .arg("--check")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("permission denied using BPF") && err.contains("CAP_BPF"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
 }

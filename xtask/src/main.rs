@@ -33,8 +33,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Every test layer: lints, unit tests, privileged integration tests (root), and the
-    /// kernel matrix in QEMU.
+    /// Every test layer but the kernel matrix: lints, unit tests, privileged integration
+    /// tests (root).
     Test,
     /// The privileged tests on stock Debian kernels (5.10, 6.1, 6.12, 7.3) in QEMU, in every
     /// probe mode each supports; prints a kernel x mode table.

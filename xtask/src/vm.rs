@@ -52,7 +52,7 @@ const KNOWN_LIMITS: &[(&str, &str, &[&str], &str)] = &[(
     "kprobe",
     // Missed returns lose recvmsg events, and with them the error of a failed receive that
     // marks its connection `error`.
-    &["failed: recvmsg count in ", " outcome error"],
+    &["recvmsg count in ", " outcome error"],
     "kretprobe on 5.10 drops the returns of tcp_recvmsg calls beyond its default \
      maxactive (max(10, 2 x CPUs)) when more calls block at once, so recvmsg counts (and \
      the receive errors that mark a connection `error`) come out short; auto mode uses \

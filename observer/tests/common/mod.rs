@@ -122,9 +122,22 @@ impl Daemon {
     /// Starts `socklat` on a free loopback port with the given extra flags and waits until
     /// /healthz says the probes are attached.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_wrapped(&[], extra)
+    }
+
+    /// Like [`Daemon::start`], run through `wrapper` (e.g. setpriv with its options).
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Self {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(SOCKLAT)
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(SOCKLAT);
+                c
+            }
+            None => Command::new(SOCKLAT),
+        };
+        let child = cmd
             .arg("--listen")
             .arg(addr.to_string())
             .args(extra)
