@@ -96,6 +96,7 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
     let (handle, collector) = rings::spawn(
         parts,
         Settings {
+            programs: std::mem::take(&mut loaded.programs),
             max_cgroups: usize::try_from(cli.max_cgroups).unwrap_or(usize::MAX),
             window: cli.window,
             ring_size: cli.ring_size,

@@ -53,6 +53,8 @@ impl Choice {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub choices: Vec<Choice>,
+    /// Descriptors of the attached programs, to read how often the kernel skipped them.
+    pub programs: Vec<std::os::fd::OwnedFd>,
 }
 
 enum Attach {
@@ -428,5 +430,52 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, Error> {
         log::info!("probe: {}", choice.describe());
         choices.push(choice);
     }
-    Ok(Loaded { ebpf, choices })
+    let names: Vec<&'static str> = attacher.attached.iter().copied().collect();
+    let programs = names
+        .iter()
+        .filter_map(|name| {
+            let fd = ebpf.program(name)?.fd().ok()?;
+            std::os::fd::AsFd::as_fd(fd).try_clone_to_owned().ok()
+        })
+        .collect();
+    Ok(Loaded {
+        ebpf,
+        choices,
+        programs,
+    })
+}
+
+/// How often the kernel skipped a program instead of running it
+/// (`bpf_prog_info.recursion_misses`, Linux >= 5.12; 0 before). A fentry/fexit program is
+/// skipped when it is already running on the CPU, e.g. preempted inside it: the call it
+/// would have timed is then missing, and this makes that visible.
+#[must_use]
+pub fn recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> u64 {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: a plain C struct of integers and arrays, for which all-zero is valid (and what
+    // the kernel expects in the fields it does not fill).
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoByFd {
+        bpf_fd: u32::try_from(prog.as_raw_fd()).unwrap_or(u32::MAX),
+        info_len: u32::try_from(size_of_val(&info)).unwrap_or(0),
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most `info_len` bytes into `info`, which
+    // lives until the call returns; `attr` is the command's documented layout.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<InfoByFd>(),
+        )
+    };
+    if rc == 0 { info.recursion_misses } else { 0 }
 }

@@ -43,6 +43,8 @@ pub struct Scrape {
     pub events: [u64; Signal::ALL.len()],
     /// Connections that closed with no state in the kernel's table.
     pub untracked_connections: u64,
+    /// Program runs the kernel skipped (recursion protection), all programs together.
+    pub probe_misses: u64,
 }
 
 /// The labels of a row for `_other`.
@@ -476,6 +478,13 @@ fn global_families(s: &Scrape) -> Vec<MetricFamily> {
     untracked
         .mut_metric()
         .push(counter(vec![], s.untracked_connections));
+    let mut misses = family(
+        "socklat_probe_misses_total",
+        "Probe runs the kernel skipped instead of running (bpf_prog_info.recursion_misses, e.g. \
+         a fentry program preempted on the CPU); the calls they would have seen are not counted.",
+        MetricType::COUNTER,
+    );
+    misses.mut_metric().push(counter(vec![], s.probe_misses));
     let mut probe = family(
         "socklat_probe_info",
         "Probe mode in use per signal (1).",
@@ -502,7 +511,7 @@ fn global_families(s: &Scrape) -> Vec<MetricFamily> {
     build
         .mut_metric()
         .push(gauge(vec![pair("version", env!("CARGO_PKG_VERSION"))], 1.0));
-    [events, untracked, probe, tracked, build]
+    [events, untracked, misses, probe, tracked, build]
         .into_iter()
         .filter(|f| !f.get_metric().is_empty())
         .collect()
@@ -767,6 +776,7 @@ mod tests {
             tracked: 1,
             events: [100, 0, 0, 0],
             untracked_connections: 4,
+            probe_misses: 0,
         }
     }
 
@@ -784,6 +794,7 @@ mod tests {
             "socklat_ringbuf_lost_events_total{cgroup=\"_other\",namespace=\"\",pod=\"\",container=\"\"} 0",
             "socklat_events_total{signal=\"sendmsg\"} 100",
             "socklat_tcp_connections_untracked_total 4",
+            "socklat_probe_misses_total 0",
             "socklat_page_fault_duration_seconds_count{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",fault=\"minor\"} 2",
             "socklat_page_fault_duration_seconds_count{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",fault=\"major\"} 1",
             "socklat_tcp_connections_closed_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",outcome=\"refused\"} 1",

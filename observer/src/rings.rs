@@ -305,6 +305,7 @@ struct Collector {
     retired: Vec<Retired>,
     installer: Installer,
     cgroup_ttl: Duration,
+    programs: Vec<OwnedFd>,
     /// Per tracked cgroup: its event count at the last garbage collection, and since when
     /// it has not changed.
     idle: IdMap<(u64, Instant)>,
@@ -313,6 +314,8 @@ struct Collector {
 
 /// Settings of the collector.
 pub struct Settings {
+    /// The attached programs (for their skip counts).
+    pub programs: Vec<OwnedFd>,
     pub max_cgroups: usize,
     pub window: Duration,
     pub ring_size: u32,
@@ -390,6 +393,7 @@ pub fn spawn(
         ring_create_failures: 0,
         retired: Vec::new(),
         cgroup_ttl: settings.cgroup_ttl,
+        programs: settings.programs,
         idle: IdMap::default(),
         last_gc: Instant::now(),
     };
@@ -790,8 +794,14 @@ impl Collector {
         other.retransmits += retrans.values().sum::<u64>();
         rows.push(other);
         let untracked = self.conn_untracked.get(&0, 0).map_or(0, |v| v.iter().sum());
+        let probe_misses = self
+            .programs
+            .iter()
+            .map(|p| crate::loader::recursion_misses(p.as_fd()))
+            .sum();
         Scrape {
             rows,
+            probe_misses,
             untracked_connections: untracked,
             probes: self.probes.clone(),
             tracked: self.agg.tracked(),
