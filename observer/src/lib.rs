@@ -13,6 +13,9 @@ pub mod error;
 pub mod metrics;
 pub mod server;
 
+#[cfg(test)]
+mod hostile;
+
 #[cfg(feature = "ebpf")]
 pub mod daemon;
 #[cfg(feature = "ebpf")]

@@ -1,0 +1,163 @@
+//! Hostile input: the command line, the cgroup path parser, mountinfo and the event decoder
+//! fed many generated inputs (deterministic, so a failure reproduces): no panic, and every
+//! error is one line that names the problem.
+
+use crate::cgroups::{cgroup2_mount_from, parse_kubernetes};
+use crate::cli::{Cli, parse_duration, parse_ring_size};
+use clap::Parser;
+use observer_common::{EVENT_SIZE, Event};
+
+/// xorshift64*: deterministic pseudo-random numbers.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % (n as u64)).unwrap_or(0)
+    }
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
+    }
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = self.below(max + 1);
+        (0..n).map(|_| self.next().to_le_bytes()[0]).collect()
+    }
+}
+
+#[test]
+fn decoder_takes_any_bytes() {
+    let mut r = Rng(0x1234_5678_9abc_def1);
+    for _ in 0..20_000 {
+        let b = r.bytes(64);
+        let decoded = Event::from_bytes(&b);
+        assert_eq!(
+            decoded.is_some(),
+            b.len() == EVENT_SIZE,
+            "{} bytes",
+            b.len()
+        );
+        if let Some(e) = decoded {
+            assert_eq!(e.to_bytes().as_slice(), b.as_slice());
+        }
+    }
+}
+
+const PATH_PARTS: &[&str] = &[
+    "kubepods",
+    "kubepods.slice",
+    "kubepods-burstable.slice",
+    "burstable",
+    "besteffort",
+    "kubepods-pod1b6c3d2a_4e5f_4a1b_9c8d_7e6f5a4b3c2d.slice",
+    "pod1b6c3d2a-4e5f-4a1b-9c8d-7e6f5a4b3c2d",
+    "cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope",
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "crio-.scope",
+    "docker-",
+    "pod",
+    "-pod.slice",
+    ".slice",
+    ".scope",
+    "",
+    "..",
+    "é",
+    "\u{0}",
+    "system.slice",
+    "a-pod-b.slice",
+];
+
+#[test]
+fn kubernetes_path_parser_takes_any_path() {
+    let mut r = Rng(0xdead_beef_cafe_f00d);
+    for _ in 0..20_000 {
+        let n = r.below(7);
+        let mut path = String::new();
+        for _ in 0..n {
+            path.push('/');
+            path.push_str(r.pick(PATH_PARTS));
+            if r.below(4) == 0 {
+                path.push(char::from(r.next().to_le_bytes()[0] % 128));
+            }
+        }
+        if let Some(k) = parse_kubernetes(&path) {
+            assert_eq!(k.pod_uid.len(), 36, "{path}");
+            assert!(
+                k.container_id.is_empty() || k.container_id.len() == 64,
+                "{path}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mountinfo_parser_takes_any_text() {
+    let mut r = Rng(42);
+    for _ in 0..5_000 {
+        let raw = r.bytes(200);
+        let text = String::from_utf8_lossy(&raw).replace('\u{fffd}', " - ");
+        let _ = cgroup2_mount_from(&text);
+    }
+}
+
+#[test]
+fn value_parsers_answer_with_one_line() {
+    let mut r = Rng(7);
+    let units = [
+        "", "s", "ms", "m", "h", "K", "M", "KiB", "MiB", "x", "9", "-", " ",
+    ];
+    for _ in 0..20_000 {
+        let s = format!("{}{}{}", r.next() % 100_000, r.pick(&units), r.pick(&units));
+        for e in [parse_duration(&s).err(), parse_ring_size(&s).err()]
+            .into_iter()
+            .flatten()
+        {
+            assert!(!e.contains('\n') && !e.is_empty(), "{s}: {e}");
+        }
+    }
+}
+
+#[test]
+fn command_line_takes_any_arguments() {
+    let mut r = Rng(99);
+    let words = [
+        "--listen",
+        "--probe-mode",
+        "--window",
+        "--max-cgroups",
+        "--ring-size",
+        "--signals",
+        "--check",
+        "--cgroup-ttl",
+        "--ebpf-object",
+        "auto",
+        "fentry",
+        "bogus",
+        "0",
+        "1",
+        "-1",
+        "60s",
+        "256K",
+        "127.0.0.1:1",
+        "::1",
+        "sendmsg,bogus",
+        "",
+        "--",
+        "-x",
+        "99999999999999999999",
+    ];
+    for _ in 0..5_000 {
+        let n = r.below(6);
+        let args: Vec<&str> = std::iter::once("socklat")
+            .chain((0..n).map(|_| r.pick(&words)))
+            .collect();
+        if let Err(e) = Cli::try_parse_from(&args) {
+            let text = e.to_string();
+            assert!(text.starts_with("error:"), "{args:?}: {text}");
+        }
+    }
+}
