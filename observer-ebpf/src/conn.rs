@@ -42,9 +42,9 @@ const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LISTEN: i32 = 10;
 const ECONNREFUSED: i32 = 111;
 const ETIMEDOUT: i32 = 110;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
 /// The root cgroup's id on cgroup v2.
 const ROOT_CGROUP: u64 = 1;
 

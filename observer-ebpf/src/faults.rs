@@ -67,8 +67,8 @@ pub fn socklat_page_fault_kernel(_ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn fault_entry(flags: u32) {
-    // The flags are kept in the low bit of the start record's spare space: the timestamp
-    // is shifted to make room (ns resolution is kept to 2 ns).
+    // Whether the fault is a user fault rides in the timestamp's lowest bit (2 ns
+    // resolution is plenty for a fault).
     // SAFETY: a helper without arguments.
     let ts = unsafe { bpf_ktime_get_ns() } & !1;
     let user = u64::from(flags & FAULT_FLAG_USER != 0);

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use observer_common::{CallStart, EAGAIN, Event, EventKind};
 
-use crate::conn;
+use crate::conn::{self, AF_INET, AF_INET6, IPPROTO_TCP};
 use crate::maps::{CALL_START, SYSCALL_START, current_cgroup, emit};
 
 /// 1 when the sendmsg signal is enabled (set by the daemon).
@@ -41,10 +41,6 @@ const NR_SPLICE: i64 = 275;
 const NR_RECVMMSG: i64 = 299;
 const NR_SENDMMSG: i64 = 307;
 const NR_IO_URING_ENTER: i64 = 426;
-
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
 
 // Record layout of sock:sock_send_length / sock_recv_length (checked by the daemon
 // against the tracefs format file before attaching).

@@ -54,11 +54,11 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
     raise_memlock();
     let mut loaded =
         loader::load(cli, shared_ring_size(cli.ring_size)).map_err(classify_load_error)?;
-    let wanted: Vec<&Choice> = loaded.choices.iter().collect();
-    let missing: Vec<String> = wanted
+    let missing: Vec<String> = loaded
+        .choices
         .iter()
         .filter(|c| c.mode.is_none())
-        .map(|c| c.describe())
+        .map(Choice::describe)
         .collect();
 
     if cli.check {

@@ -81,8 +81,15 @@ fn echo_server(len: usize, stop: Arc<AtomicBool>) -> SocketAddr {
     addr
 }
 
-/// Request/response over loopback for `secs`; returns requests per second.
-fn rr_load(conns: usize, secs: u64, len: usize) -> f64 {
+/// Runs `conns` client threads against a fresh echo server of `len`-byte messages until
+/// `secs` have passed; each thread's `client` returns the exchanges it completed. Returns
+/// exchanges per second.
+fn run_clients(
+    conns: usize,
+    secs: u64,
+    len: usize,
+    client: fn(SocketAddr, Instant, usize) -> u64,
+) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let addr = echo_server(len, Arc::clone(&stop));
     let total = Arc::new(AtomicU64::new(0));
@@ -91,17 +98,7 @@ fn rr_load(conns: usize, secs: u64, len: usize) -> f64 {
         .map(|_| {
             let total = Arc::clone(&total);
             std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).expect("connect");
-                s.set_nodelay(true).expect("nodelay");
-                let msg = vec![1u8; len];
-                let mut buf = vec![0u8; len];
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    s.write_all(&msg).expect("send");
-                    s.read_exact(&mut buf).expect("recv");
-                    n += 1;
-                }
-                total.fetch_add(n, Ordering::Relaxed);
+                total.fetch_add(client(addr, deadline, len), Ordering::Relaxed);
             })
         })
         .collect();
@@ -109,46 +106,47 @@ fn rr_load(conns: usize, secs: u64, len: usize) -> f64 {
         let _ = h.join();
     }
     stop.store(true, Ordering::Relaxed);
+    // Wakes the accept loop so that it sees `stop`.
     let _ = TcpStream::connect(addr);
     #[expect(clippy::cast_precision_loss, reason = "request counts")]
     let rate = total.load(Ordering::Relaxed) as f64 / secs as f64;
     rate
 }
 
+/// Request/response over loopback for `secs`; returns requests per second.
+fn rr_load(conns: usize, secs: u64, len: usize) -> f64 {
+    run_clients(conns, secs, len, |addr, deadline, len| {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        let msg = vec![1u8; len];
+        let mut buf = vec![0u8; len];
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            s.write_all(&msg).expect("send");
+            s.read_exact(&mut buf).expect("recv");
+            n += 1;
+        }
+        n
+    })
+}
+
 /// A new connection per request (connect, one exchange, close), for `secs`.
 fn connect_load(conns: usize, secs: u64) -> f64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let addr = echo_server(32, Arc::clone(&stop));
-    let total = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let handles: Vec<_> = (0..conns)
-        .map(|_| {
-            let total = Arc::clone(&total);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 32];
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    let Ok(mut s) = TcpStream::connect(addr) else {
-                        std::thread::sleep(Duration::from_millis(1));
-                        continue;
-                    };
-                    let _ = s.set_nodelay(true);
-                    if s.write_all(&buf).is_ok() && s.read_exact(&mut buf).is_ok() {
-                        n += 1;
-                    }
-                }
-                total.fetch_add(n, Ordering::Relaxed);
-            })
-        })
-        .collect();
-    for h in handles {
-        let _ = h.join();
-    }
-    stop.store(true, Ordering::Relaxed);
-    let _ = TcpStream::connect(addr);
-    #[expect(clippy::cast_precision_loss, reason = "request counts")]
-    let rate = total.load(Ordering::Relaxed) as f64 / secs as f64;
-    rate
+    run_clients(conns, secs, 32, |addr, deadline, len| {
+        let mut buf = vec![0u8; len];
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            let Ok(mut s) = TcpStream::connect(addr) else {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            if s.write_all(&buf).is_ok() && s.read_exact(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    })
 }
 
 /// Maps, touches and unmaps 16 MiB in a loop for `secs`; returns pages per second.
