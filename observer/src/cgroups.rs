@@ -1,12 +1,14 @@
-//! cgroup v2: finding the mount, resolving cgroup ids to paths (cached), and reading
-//! Kubernetes identity (pod UID, container id) out of a path.
+//! cgroup v2: finding the mount and resolving cgroup ids to labels (cached); the
+//! Kubernetes part of the labels comes from [`crate::kube`].
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::aggregate::IdMap;
+use crate::kube::{NameSource, labels_for, named_labels, parse_kubernetes};
 
 /// Labels of one cgroup's series.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,6 +64,40 @@ pub fn cgroup2_mount() -> Result<PathBuf, String> {
     })
 }
 
+/// Whether a Kubernetes cgroup's labels have its names: the namespace, and the container's
+/// name where the cgroup is a container (not a 64-digit id).
+fn fully_named(l: &Labels) -> bool {
+    !l.namespace.is_empty() && l.container.len() != 64
+}
+
+/// Checks that `path` is the root of a cgroup v2 hierarchy (given with --cgroup-root).
+///
+/// # Errors
+/// One line naming the problem.
+pub fn check_cgroup2_root(path: &Path) -> Result<PathBuf, String> {
+    const CGROUP2_SUPER_MAGIC: libc::__fsword_t = 0x6367_7270;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("--cgroup-root {}: not a valid path", path.display()))?;
+    // SAFETY: statfs is plain old data; zeroed is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a NUL-terminated path, st a valid out pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
+        return Err(format!(
+            "--cgroup-root {}: {}",
+            path.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    if st.f_type != CGROUP2_SUPER_MAGIC {
+        return Err(format!(
+            "--cgroup-root {} is not a cgroup v2 mount: give the node's cgroup v2 \
+             hierarchy (e.g. a read-only mount of the host's /sys/fs/cgroup)",
+            path.display()
+        ));
+    }
+    Ok(path.to_path_buf())
+}
+
 /// Resolves cgroup ids (the inode numbers of cgroup v2 directories) to labels, with a cache.
 /// A miss rescans the tree, at most once per round (a scrape, a garbage collection: see
 /// [`Resolver::begin_round`]), never on the event path.
@@ -69,7 +105,16 @@ pub struct Resolver {
     root: PathBuf,
     cache: IdMap<Arc<Labels>>,
     rescanned: bool,
+    names: Option<NameSource>,
+    said_unnamed: bool,
+    /// Kubernetes cgroups still without all their names, and when each was first seen:
+    /// names are asked for again at every round for [`NAME_PATIENCE`], then only at the
+    /// source's own refresh (a pod's sandbox container, for one, never has a name).
+    unnamed: IdMap<Instant>,
 }
+
+/// How long after a Kubernetes cgroup appears its missing names are asked for eagerly.
+pub const NAME_PATIENCE: Duration = Duration::from_mins(1);
 
 impl Resolver {
     #[must_use]
@@ -78,12 +123,67 @@ impl Resolver {
             root,
             cache: IdMap::default(),
             rescanned: false,
+            names: None,
+            said_unnamed: false,
+            unnamed: IdMap::default(),
         }
     }
 
-    /// Starts a round: the next miss may rescan the tree again.
+    /// Names Kubernetes pods and containers from `names`.
+    #[must_use]
+    pub fn with_names(mut self, names: NameSource) -> Self {
+        self.names = Some(names);
+        self
+    }
+
+    /// Starts a round: the next miss may rescan the tree again, and names read since the
+    /// last round are applied to the cached labels.
     pub fn begin_round(&mut self) {
         self.rescanned = false;
+        let Some(source) = self.names.as_mut() else {
+            return;
+        };
+        self.unnamed
+            .retain(|_, seen| seen.elapsed() < NAME_PATIENCE);
+        if !self.unnamed.is_empty() {
+            source.nudge();
+        }
+        if !source.poll() {
+            return;
+        }
+        let names = source.names();
+        for (id, l) in &mut self.cache {
+            if parse_kubernetes(&l.cgroup).is_some() {
+                let fresh = named_labels(&l.cgroup, names);
+                if fully_named(&fresh) {
+                    self.unnamed.remove(id);
+                }
+                if fresh != **l {
+                    *l = Arc::new(fresh);
+                }
+            }
+        }
+    }
+
+    /// Labels of a newly found cgroup directory; asks for names where they are missing.
+    fn label(&mut self, id: u64, rel: &str) -> Labels {
+        let Some(source) = &self.names else {
+            let l = labels_for(rel);
+            if !self.said_unnamed && !l.pod.is_empty() {
+                log::info!(
+                    "Kubernetes pods found; their names are not looked up (--kubelet-log-dir \
+                     not set): labels pod and container carry the pod UID and container id"
+                );
+                self.said_unnamed = true;
+            }
+            return l;
+        };
+        let l = named_labels(rel, source.names());
+        if parse_kubernetes(rel).is_some() && !fully_named(&l) {
+            source.nudge();
+            self.unnamed.insert(id, Instant::now());
+        }
+        l
     }
 
     /// Labels of a cgroup id. An id that is not (or no longer) in the tree gets
@@ -107,6 +207,7 @@ impl Resolver {
     /// Forgets an id (its cgroup is gone).
     pub fn forget(&mut self, id: u64) {
         self.cache.remove(&id);
+        self.unnamed.remove(&id);
     }
 
     /// Whether the cgroup directory of `id` still exists (by the cached path).
@@ -124,9 +225,10 @@ impl Resolver {
             let Ok(meta) = std::fs::metadata(&dir) else {
                 continue;
             };
-            self.cache
-                .entry(meta.ino())
-                .or_insert_with(|| Arc::new(labels_for(&rel)));
+            if !self.cache.contains_key(&meta.ino()) {
+                let l = Arc::new(self.label(meta.ino(), &rel));
+                self.cache.insert(meta.ino(), l);
+            }
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -150,167 +252,9 @@ impl Resolver {
     }
 }
 
-/// Labels for a cgroup path: the path itself, plus pod UID and container id when the path
-/// is recognisably a Kubernetes container (names need a runtime or API source).
-#[must_use]
-pub fn labels_for(path: &str) -> Labels {
-    let k = parse_kubernetes(path);
-    Labels {
-        cgroup: path.to_string(),
-        namespace: String::new(),
-        pod: k.as_ref().map(|k| k.pod_uid.clone()).unwrap_or_default(),
-        container: k.map(|k| k.container_id).unwrap_or_default(),
-    }
-}
-
-/// What a Kubernetes container's cgroup path says about it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KubeIds {
-    /// Pod UID with dashes, e.g. `1b6c3d2a-...`.
-    pub pod_uid: String,
-    /// Container id (64 hex digits), or empty for the pod-level cgroup.
-    pub container_id: String,
-}
-
-/// Parses the pod UID and container id from a Kubernetes cgroup path, for the systemd
-/// driver (`kubepods-burstable-pod<uid_with_underscores>.slice/cri-containerd-<id>.scope`,
-/// `crio-<id>.scope`, `docker-<id>.scope`) and the cgroupfs driver
-/// (`kubepods/burstable/pod<uid>/<id>`), in any `QoS` class. Returns `None` for paths that
-/// are not under a kubepods hierarchy.
-#[must_use]
-pub fn parse_kubernetes(path: &str) -> Option<KubeIds> {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let kube = segs.iter().position(|s| {
-        *s == "kubepods" || *s == "kubepods.slice" || s.ends_with("-kubepods.slice")
-    })?;
-    let mut pod_uid = None;
-    let mut container_id = String::new();
-    for (i, seg) in segs.iter().enumerate().skip(kube + 1) {
-        if pod_uid.is_none() {
-            if let Some(uid) = pod_segment(seg) {
-                pod_uid = Some(uid);
-            }
-            continue;
-        }
-        // The segment right after the pod is the container; anything deeper is inside it.
-        if i > 0 && pod_segment(segs[i - 1]).is_some() {
-            match container_segment(seg) {
-                Some(id) => container_id = id,
-                None => return None,
-            }
-        }
-    }
-    Some(KubeIds {
-        pod_uid: pod_uid?,
-        container_id,
-    })
-}
-
-fn pod_segment(seg: &str) -> Option<String> {
-    // systemd: kubepods-pod<uid>.slice, kubepods-<qos>-pod<uid>.slice
-    if let Some(rest) = seg.strip_suffix(".slice") {
-        let idx = rest.rfind("-pod")?;
-        let uid = rest[idx + 4..].replace('_', "-");
-        return is_uid(&uid).then_some(uid);
-    }
-    // cgroupfs: pod<uid>
-    let uid = seg.strip_prefix("pod")?;
-    is_uid(uid).then(|| uid.to_string())
-}
-
-fn container_segment(seg: &str) -> Option<String> {
-    let id = if let Some(scope) = seg.strip_suffix(".scope") {
-        ["cri-containerd-", "crio-", "docker-"]
-            .iter()
-            .find_map(|p| scope.strip_prefix(p))?
-    } else {
-        seg
-    };
-    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
-}
-
-fn is_uid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 5
-        && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
-        && parts
-            .iter()
-            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    const UID: &str = "1b6c3d2a-4e5f-4a1b-9c8d-7e6f5a4b3c2d";
-    const UID_: &str = "1b6c3d2a_4e5f_4a1b_9c8d_7e6f5a4b3c2d";
-
-    #[test]
-    fn kubernetes_paths() {
-        let cases: Vec<(String, Option<(&str, &str)>)> = vec![
-            // systemd driver, containerd, burstable
-            (
-                format!(
-                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{ID}.scope"
-                ),
-                Some((UID, ID)),
-            ),
-            // systemd driver, CRI-O, guaranteed
-            (
-                format!("/kubepods.slice/kubepods-pod{UID_}.slice/crio-{ID}.scope"),
-                Some((UID, ID)),
-            ),
-            // systemd driver, docker, besteffort
-            (
-                format!(
-                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/docker-{ID}.scope"
-                ),
-                Some((UID, ID)),
-            ),
-            // cgroupfs driver
-            (
-                format!("/kubepods/burstable/pod{UID}/{ID}"),
-                Some((UID, ID)),
-            ),
-            (format!("/kubepods/pod{UID}/{ID}"), Some((UID, ID))),
-            (
-                format!("/kubepods/besteffort/pod{UID}/{ID}"),
-                Some((UID, ID)),
-            ),
-            // pod-level cgroup: pod known, no container
-            (format!("/kubepods/besteffort/pod{UID}"), Some((UID, ""))),
-            // nested under a kubelet slice (kind, rootless)
-            (
-                format!(
-                    "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope"
-                ),
-                Some((UID, ID)),
-            ),
-        ];
-        for (path, want) in cases {
-            let got = parse_kubernetes(&path).map(|k| (k.pod_uid, k.container_id));
-            let want = want.map(|(p, c)| (p.to_string(), c.to_string()));
-            assert_eq!(got, want, "{path}");
-        }
-    }
-
-    #[test]
-    fn non_kubernetes_paths_do_not_match() {
-        for path in [
-            "/".to_string(),
-            "/system.slice/containerd.service".to_string(),
-            format!("/system.slice/docker-{ID}.scope"),
-            "/user.slice/user-1000.slice/session-2.scope".to_string(),
-            format!("/kubepods/burstable/podnot-a-uid/{ID}"),
-            // conmon of CRI-O is not a container
-            format!("/kubepods.slice/kubepods-pod{UID_}.slice/crio-conmon-{ID}.scope"),
-            // container id of the wrong length
-            format!("/kubepods/pod{UID}/abc123"),
-        ] {
-            assert_eq!(parse_kubernetes(&path), None, "{path}");
-        }
-    }
 
     #[test]
     fn mountinfo_unified_and_hybrid() {

@@ -48,6 +48,19 @@ pub struct Cli {
     #[arg(long, env = "SOCKLAT_CGROUP_TTL", default_value = "2m", value_parser = parse_duration)]
     pub cgroup_ttl: Duration,
 
+    /// The cgroup v2 hierarchy to resolve cgroup ids in, instead of the one found in
+    /// /proc/self/mountinfo. In a container, mount the node's /sys/fs/cgroup read-only
+    /// (e.g. at /host/sys/fs/cgroup) and point this at it: the container's own
+    /// /sys/fs/cgroup shows only its own cgroup.
+    #[arg(long, env = "SOCKLAT_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// The node's kubelet log directory (its /var/log, holding pods/ and containers/),
+    /// read to name the namespace, pod and container of Kubernetes cgroups. Unset: the
+    /// labels pod and container carry the pod UID and container id from the cgroup path.
+    #[arg(long, env = "SOCKLAT_KUBELET_LOG_DIR")]
+    pub kubelet_log_dir: Option<PathBuf>,
+
     /// Load and attach everything, print what was chosen per signal and why, and exit
     /// (0 if every enabled signal attached).
     #[arg(long, env = "SOCKLAT_CHECK")]
@@ -180,6 +193,8 @@ mod tests {
         assert_eq!(c.signals.len(), 4);
         assert_eq!(c.cgroup_ttl, Duration::from_mins(2));
         assert!(!c.check);
+        assert_eq!(c.cgroup_root, None);
+        assert_eq!(c.kubelet_log_dir, None);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::cgroups::{Resolver, cgroup2_mount};
+use crate::cgroups::{Resolver, cgroup2_mount, check_cgroup2_root};
 use crate::cli::{Cli, ProbeMode};
 use crate::error::Error;
+use crate::kube::NameSource;
 use crate::loader::{self, Choice};
 use crate::rings::{self, Parts, Settings};
 
@@ -37,9 +38,24 @@ fn classify_load_error(e: Error) -> Error {
     }
 }
 
+/// The cgroup resolver, with pod and container names if a source is given.
+fn resolver(cli: &Cli, cgroup_root: std::path::PathBuf) -> Result<Resolver, Error> {
+    let resolver = Resolver::new(cgroup_root);
+    let Some(dir) = &cli.kubelet_log_dir else {
+        return Ok(resolver);
+    };
+    let names = NameSource::spawn(dir.clone()).map_err(|e| Error::Io("names thread", e))?;
+    log::info!("pod and container names from {}", names.dir().display());
+    Ok(resolver.with_names(names))
+}
+
 /// Runs the daemon; returns the process exit code.
 pub fn run(cli: &Cli) -> Result<i32, Error> {
-    let cgroup_root = cgroup2_mount().map_err(Error::NoCgroup2)?;
+    let cgroup_root = match &cli.cgroup_root {
+        Some(p) => check_cgroup2_root(p),
+        None => cgroup2_mount(),
+    }
+    .map_err(Error::NoCgroup2)?;
     // Bind first: a port in use is reported before anything is loaded.
     let listener = if cli.check {
         None
@@ -87,6 +103,7 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
         log::warn!("signal not observed: {m}");
     }
 
+    let resolver = resolver(cli, cgroup_root)?;
     let parts = Parts::take(&mut loaded.ebpf)?;
     let probes = loaded
         .choices
@@ -102,7 +119,7 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
             ring_size: cli.ring_size,
             cgroup_ttl: cli.cgroup_ttl,
             probes,
-            resolver: Resolver::new(cgroup_root),
+            resolver,
         },
     )?;
     let handle = Arc::new(handle);

@@ -2,8 +2,9 @@
 //! fed many generated inputs (deterministic, so a failure reproduces): no panic, and every
 //! error is one line that names the problem.
 
-use crate::cgroups::{cgroup2_mount_from, parse_kubernetes};
+use crate::cgroups::cgroup2_mount_from;
 use crate::cli::{Cli, parse_duration, parse_ring_size};
+use crate::kube::parse_kubernetes;
 use clap::Parser;
 use observer_common::{EVENT_SIZE, Event};
 

@@ -10,6 +10,7 @@ pub mod btf;
 pub mod cgroups;
 pub mod cli;
 pub mod error;
+pub mod kube;
 pub mod metrics;
 pub mod server;
 

@@ -818,3 +818,96 @@ fn runs_with_only_cap_bpf_and_cap_perfmon() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Writes what the kubelet keeps for a container: `pods/<ns>_<pod>_<uid>/<name>/0.log` and
+/// the link `containers/<pod>_<ns>_<name>-<id>.log` to it.
+fn kubelet_logs(dir: &std::path::Path, ns: &str, pod: &str, uid: &str, name: &str, id: &str) {
+    let pod_dir = dir.join(format!("pods/{ns}_{pod}_{uid}/{name}"));
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    std::fs::create_dir_all(dir.join("containers")).unwrap();
+    std::fs::write(pod_dir.join("0.log"), "").unwrap();
+    std::os::unix::fs::symlink(
+        pod_dir.join("0.log"),
+        dir.join(format!("containers/{pod}_{ns}_{name}-{id}.log")),
+    )
+    .unwrap();
+}
+
+/// Two containers in Kubernetes-shaped cgroups (cgroupfs driver with containerd; systemd
+/// driver with CRI-O): the one whose kubelet logs exist gets namespace, pod and container
+/// names; the other carries pod UID and container id until its logs appear, then is named
+/// too (within seconds, with its counts intact).
+#[test]
+fn kubernetes_cgroups_are_named_from_the_kubelet_logs() {
+    if role().is_some() {
+        return;
+    }
+    let pid = std::process::id();
+    let (uid_a, id_a) = ("0b6c3d2a-4e5f-4a1b-9c8d-7e6f5a4b3c2d", "a".repeat(64));
+    let (uid_b, id_b) = ("5e1d2c3b-0a9f-4e8d-8c7b-6a5f4e3d2c1b", "b".repeat(64));
+    let logs = std::env::temp_dir().join(format!("socklat-kubelet-{pid}"));
+    let _ = std::fs::remove_dir_all(&logs);
+    kubelet_logs(&logs, "shop", "web-0", uid_a, "app", &id_a);
+    std::fs::create_dir_all(logs.join("pods")).unwrap();
+
+    let top = format!("socklat-test-{pid}-k8s");
+    let a = TestCgroup::at(&format!("{top}/kubepods/burstable/pod{uid_a}/{id_a}"));
+    let b = TestCgroup::at(&format!(
+        "{top}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/crio-{id_b}.scope",
+        uid_b.replace('-', "_")
+    ));
+    let daemon = Daemon::start(&[
+        "--probe-mode",
+        &common::mode(),
+        "--kubelet-log-dir",
+        logs.to_str().unwrap(),
+    ]);
+    let server = delay_server();
+    let mut calls = Vec::new();
+    for cg in [&a, &b] {
+        let c = run_role(
+            cg,
+            "role_client",
+            &[
+                ("SOCKLAT_TEST_ADDR", server.to_string()),
+                ("SOCKLAT_TEST_DELAYS_US", join(&[50; 20])),
+            ],
+        );
+        calls.push(parse_calls(&role_output(c)).send.len() as f64);
+    }
+    let sends = |m: &common::Metrics, cg: &TestCgroup, ns: &str, pod: &str, container: &str| {
+        m.get(
+            "socklat_tcp_calls_total",
+            &[
+                ("cgroup", cg.label.as_str()),
+                ("namespace", ns),
+                ("pod", pod),
+                ("container", container),
+                ("call", "sendmsg"),
+                ("result", "ok"),
+            ],
+        )
+    };
+    let m = daemon.scrape();
+    assert_eq!(sends(&m, &a, "shop", "web-0", "app"), Some(calls[0]));
+    assert_eq!(sends(&m, &b, "", uid_b, &id_b), Some(calls[1]), "b by ids");
+
+    // B's logs appear (the kubelet writes them after the runtime made the cgroup).
+    kubelet_logs(&logs, "batch", "job-x", uid_b, "worker", &id_b);
+    let t = Instant::now();
+    let named = loop {
+        let m = daemon.scrape();
+        if let Some(v) = sends(&m, &b, "batch", "job-x", "worker") {
+            break v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "b not named 15 s after its kubelet logs appeared"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(named, calls[1]);
+    assert_eq!(sends(&daemon.scrape(), &b, "", uid_b, &id_b), None);
+    drop((a, b));
+    std::fs::remove_dir_all(&logs).unwrap();
+}

@@ -42,20 +42,35 @@ pub struct TestCgroup {
     /// Path relative to the cgroup v2 mount: the daemon's `cgroup` label.
     pub label: String,
     procs: CString,
+    /// Directories this test made, innermost first (removed in that order).
+    made: Vec<PathBuf>,
 }
 
 impl TestCgroup {
     pub fn new(name: &str) -> Self {
+        Self::at(&format!("socklat-test-{}-{name}", std::process::id()))
+    }
+
+    /// A group at `rel` under the cgroup v2 mount, with any missing parents (removed too).
+    pub fn at(rel: &str) -> Self {
         let root = cgroup2_root();
-        let dir = format!("socklat-test-{}-{name}", std::process::id());
-        let path = root.join(&dir);
+        let path = root.join(rel);
         let _ = std::fs::remove_dir(&path);
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        let mut made = Vec::new();
+        let mut p = path.clone();
+        while !p.exists() {
+            made.push(p.clone());
+            p.pop();
+        }
+        for dir in made.iter().rev() {
+            std::fs::create_dir(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        }
         let procs = CString::new(path.join("cgroup.procs").to_string_lossy().as_bytes()).unwrap();
         Self {
             path,
-            label: format!("/{dir}"),
+            label: format!("/{rel}"),
             procs,
+            made,
         }
     }
 
@@ -95,11 +110,13 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.path).is_ok() {
-                return;
+        for dir in &self.made {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
