@@ -70,32 +70,36 @@ fn fully_named(l: &Labels) -> bool {
     !l.namespace.is_empty() && l.container.len() != 64
 }
 
-/// Checks that `path` is the root of a cgroup v2 hierarchy (given with --cgroup-root).
+/// Checks that `path` (given with --cgroup-root) is the root of a cgroup v2 hierarchy; on
+/// a hybrid-layout node, where the host's /sys/fs/cgroup is a tmpfs of v1 hierarchies,
+/// takes its `unified` child instead.
 ///
 /// # Errors
 /// One line naming the problem.
 pub fn check_cgroup2_root(path: &Path) -> Result<PathBuf, String> {
+    match is_cgroup2(path) {
+        Ok(true) => Ok(path.to_path_buf()),
+        Ok(false) if is_cgroup2(&path.join("unified")).unwrap_or(false) => Ok(path.join("unified")),
+        Ok(false) => Err(format!(
+            "--cgroup-root {} is not a cgroup v2 mount (nor has one at unified/): give the \
+             node's cgroup v2 hierarchy (e.g. a read-only mount of the host's /sys/fs/cgroup)",
+            path.display()
+        )),
+        Err(e) => Err(format!("--cgroup-root {}: {e}", path.display())),
+    }
+}
+
+fn is_cgroup2(path: &Path) -> io::Result<bool> {
     const CGROUP2_SUPER_MAGIC: libc::__fsword_t = 0x6367_7270;
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("--cgroup-root {}: not a valid path", path.display()))?;
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
     // SAFETY: statfs is plain old data; zeroed is a valid value to be overwritten.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a NUL-terminated path, st a valid out pointer.
     if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
-        return Err(format!(
-            "--cgroup-root {}: {}",
-            path.display(),
-            io::Error::last_os_error()
-        ));
+        return Err(io::Error::last_os_error());
     }
-    if st.f_type != CGROUP2_SUPER_MAGIC {
-        return Err(format!(
-            "--cgroup-root {} is not a cgroup v2 mount: give the node's cgroup v2 \
-             hierarchy (e.g. a read-only mount of the host's /sys/fs/cgroup)",
-            path.display()
-        ));
-    }
-    Ok(path.to_path_buf())
+    Ok(st.f_type == CGROUP2_SUPER_MAGIC)
 }
 
 /// Resolves cgroup ids (the inode numbers of cgroup v2 directories) to labels, with a cache.
@@ -275,6 +279,23 @@ mod tests {
             cgroup2_mount_from("27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n"),
             None
         );
+    }
+
+    #[test]
+    fn cgroup_root_flag_is_checked() {
+        let e = check_cgroup2_root(Path::new("/nonexistent-socklat")).unwrap_err();
+        assert!(e.starts_with("--cgroup-root /nonexistent-socklat: "), "{e}");
+        let e = check_cgroup2_root(&std::env::temp_dir()).unwrap_err();
+        assert!(e.contains("is not a cgroup v2 mount"), "{e}");
+        if let Some(m) = std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|i| cgroup2_mount_from(&i))
+        {
+            assert_eq!(check_cgroup2_root(&m), Ok(m.clone()));
+            if m.ends_with("unified") {
+                assert_eq!(check_cgroup2_root(m.parent().unwrap()), Ok(m.clone()));
+            }
+        }
     }
 
     #[test]

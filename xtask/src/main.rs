@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod deploy;
 mod test;
 mod toolchain;
 mod util;
@@ -46,6 +47,11 @@ enum Cmd {
     BenchClient { addr: String, requests: usize },
     /// Clippy (pedantic, workspace level, warnings denied) and rustfmt.
     Lint,
+    /// Validate deploy/: Kubernetes schemas, checkov, cross-checks of the manifests.
+    DeployTest,
+    /// Build the container image (podman, from a static build) and run `socklat --check`
+    /// in it with the `DaemonSet`'s capabilities and mounts (root).
+    Image,
 }
 
 fn main() {
@@ -85,6 +91,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Test => test::all(),
         Cmd::Lint => test::lint(),
+        Cmd::DeployTest => deploy::deploy_test(),
+        Cmd::Image => deploy::image(),
         Cmd::Bench(o) => bench::bench(&o),
         Cmd::VmTest(o) => vm::vm_test(&o),
         Cmd::BenchClient { addr, requests } => bench::client(&addr, requests),

@@ -1,0 +1,139 @@
+"""Reads deploy/ for `cargo xtask deploy-test` and `cargo xtask image` (YAML needs a parser;
+PyYAML comes with kubernetes-validate in the venv xtask makes).
+
+  deploy.py check DEPLOY_DIR       cross-checks the manifests; exit 1 with one line per problem
+  deploy.py podman DEPLOY_DIR      prints the DaemonSet container's privileges and mounts as
+                                   lines: cap NAME | mount HOST CONTAINER ro|rw TYPE |
+                                   arg ARG | env NAME VALUE | port NAME NUMBER
+  deploy.py seccomp SRC DST        writes podman's profile SRC with bpf and perf_event_open
+                                   allowed to DST (see seccomp())
+"""
+import pathlib
+import sys
+
+import yaml
+
+
+def load(deploy):
+    docs = {}
+    for f in sorted(pathlib.Path(deploy).glob("*.yaml")):
+        for d in yaml.safe_load_all(f.read_text()):
+            if d:
+                docs[(d["kind"], f.name)] = d
+    return docs
+
+
+def one(docs, kind):
+    found = [d for (k, _), d in docs.items() if k == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def check(deploy):
+    docs = load(deploy)
+    problems = []
+    kust = one(docs, "Kustomization")
+    files = sorted(f for (_, f) in docs if f != "kustomization.yaml")
+    if sorted(kust["resources"]) != files:
+        problems.append(f"kustomization resources {sorted(kust['resources'])} != files {files}")
+    ns = one(docs, "Namespace")["metadata"]["name"]
+    ds = one(docs, "DaemonSet")
+    svc = one(docs, "Service")
+    sm = one(docs, "ServiceMonitor")
+    np = one(docs, "NetworkPolicy")
+    sa = one(docs, "ServiceAccount")
+    for (kind, f), d in docs.items():
+        if kind not in ("Namespace", "Kustomization") and d["metadata"].get("namespace") != ns:
+            problems.append(f"{f}: {kind} not in namespace {ns}")
+    pod = ds["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    if ds["spec"]["selector"]["matchLabels"].items() - labels.items():
+        problems.append("DaemonSet selector does not match its pod labels")
+    if svc["spec"]["selector"].items() - labels.items():
+        problems.append("Service selector does not match the DaemonSet's pods")
+    if np["spec"]["podSelector"]["matchLabels"].items() - labels.items():
+        problems.append("NetworkPolicy does not select the DaemonSet's pods")
+    if sm["spec"]["selector"]["matchLabels"].items() - svc["metadata"]["labels"].items():
+        problems.append("ServiceMonitor selector does not match the Service")
+    if ns not in sm["spec"]["namespaceSelector"]["matchNames"]:
+        problems.append("ServiceMonitor does not look in the namespace")
+    if pod["spec"]["serviceAccountName"] != sa["metadata"]["name"]:
+        problems.append("DaemonSet does not use the ServiceAccount")
+    (c,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    svc_ports = {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]}
+    for ep in sm["spec"]["endpoints"]:
+        if ep["port"] not in svc_ports:
+            problems.append(f"ServiceMonitor port {ep['port']} is not a Service port")
+    for name, target in svc_ports.items():
+        if target not in ports:
+            problems.append(f"Service port {name} targets {target}, not a container port")
+    for rule in np["spec"]["ingress"]:
+        for p in rule["ports"]:
+            if p["port"] not in ports:
+                problems.append(f"NetworkPolicy allows {p['port']}, not a container port")
+    listen = {e["name"]: e.get("value") for e in c.get("env", [])}.get("SOCKLAT_LISTEN", "0.0.0.0:9640")
+    if int(listen.rsplit(":", 1)[1]) != ports.get("metrics"):
+        problems.append(f"daemon listens on {listen} but the metrics port is {ports.get('metrics')}")
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        h = c.get(probe, {}).get("httpGet", {})
+        if h.get("path") != "/healthz" or h.get("port") not in ports:
+            problems.append(f"{probe} is not /healthz on a container port")
+    sc = c["securityContext"]
+    if sc.get("privileged") or sc.get("allowPrivilegeEscalation", True):
+        problems.append("container may be privileged or escalate privileges")
+    if sc["capabilities"]["drop"] != ["ALL"]:
+        problems.append("container does not drop ALL capabilities")
+    if not set(sc["capabilities"]["add"]) <= {"BPF", "PERFMON", "SYS_RESOURCE"}:
+        problems.append(f"unexpected capabilities {sc['capabilities']['add']}")
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    for m in c["volumeMounts"]:
+        if not m.get("readOnly"):
+            problems.append(f"mount {m['name']} is not read-only")
+        if m["name"] not in vols:
+            problems.append(f"mount {m['name']} has no volume")
+    for p in problems:
+        print(p)
+    return 1 if problems else 0
+
+
+def podman(deploy):
+    ds = one(load(deploy), "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    for cap in c["securityContext"]["capabilities"]["add"]:
+        print("cap", cap)
+    vols = {v["name"]: v for v in spec["volumes"]}
+    for m in c["volumeMounts"]:
+        hp = vols[m["name"]]["hostPath"]
+        print("mount", hp["path"], m["mountPath"], "ro" if m.get("readOnly") else "rw", hp.get("type", ""))
+    for a in c.get("args", []):
+        print("arg", a)
+    for e in c.get("env", []):
+        print("env", e["name"], e["value"])
+    for p in c["ports"]:
+        print("port", p["name"], p["containerPort"])
+    return 0
+
+
+def seccomp(src, dst):
+    """podman's default seccomp profile as newer runtimes have it: bpf and perf_event_open
+    allowed (containerd and Docker's current defaults allow them to containers granted
+    CAP_BPF and CAP_PERFMON; Debian 12's podman allows them only with CAP_SYS_ADMIN)."""
+    import json
+
+    prof = json.loads(pathlib.Path(src).read_text())
+    wanted = {"bpf", "perf_event_open"}
+    rules = []
+    for r in prof["syscalls"]:
+        names = [n for n in r["names"] if n not in wanted]
+        if names:
+            rules.append(dict(r, names=names))
+    rules.append({"names": sorted(wanted), "action": "SCMP_ACT_ALLOW", "args": []})
+    prof["syscalls"] = rules
+    pathlib.Path(dst).write_text(json.dumps(prof))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit({"check": check, "podman": podman, "seccomp": seccomp}[sys.argv[1]](*sys.argv[2:]))
