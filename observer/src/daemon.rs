@@ -29,10 +29,26 @@ fn raise_memlock() {
     }
 }
 
+/// Whether a seccomp filter applies to this process (`Seccomp: 2` in /proc/self/status).
+fn under_seccomp() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Seccomp:") && l.split_whitespace().nth(1) == Some("2"))
+    })
+}
+
 fn classify_load_error(e: Error) -> Error {
     match e {
         Error::Load(s) if s.contains("Operation not permitted") || s.contains("EPERM") => {
-            Error::Privileges(s)
+            Error::Privileges(if under_seccomp() {
+                format!(
+                    "{s}; this process runs under a seccomp filter, which may be what refuses \
+                     bpf(): the container's profile must allow bpf and perf_event_open \
+                     (recent containerd, CRI-O and Docker defaults do for CAP_BPF/CAP_PERFMON)"
+                )
+            } else {
+                s
+            })
         }
         e => e,
     }

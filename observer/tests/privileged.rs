@@ -906,7 +906,7 @@ fn kubernetes_cgroups_are_named_from_the_kubelet_logs() {
         );
         std::thread::sleep(Duration::from_millis(250));
     };
-    assert_eq!(named, calls[1]);
+    assert_eq!(Some(named), Some(calls[1]), "b's count after naming");
     assert_eq!(sends(&daemon.scrape(), &b, "", uid_b, &id_b), None);
     drop((a, b));
     std::fs::remove_dir_all(&logs).unwrap();
