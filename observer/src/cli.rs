@@ -11,8 +11,17 @@ use crate::aggregate::Signal;
 
 /// eBPF TCP socket latency, connection outcome and page fault observer, per cgroup.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "socklat", version, about)]
+#[command(
+    name = "socklat",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    /// Without a command, socklat runs the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to serve /metrics and /healthz on.
     #[arg(long, env = "SOCKLAT_LISTEN", default_value = "0.0.0.0:9640")]
     pub listen: SocketAddr,
@@ -69,6 +78,15 @@ pub struct Cli {
     /// Load the kernel object from this file instead of the embedded one (development).
     #[arg(long, env = "SOCKLAT_EBPF_OBJECT")]
     pub ebpf_object: Option<PathBuf>,
+}
+
+/// Commands besides the daemon.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// A live table of a running daemon's metrics, one row per cgroup or pod container:
+    /// P50/P90/P99 of sendmsg and recvmsg, calls/s, abnormal connection ratio, faults/s,
+    /// lost events. Needs no privileges; reads only the daemon's /metrics.
+    Top(crate::top::TopArgs),
 }
 
 /// How the kernel side is attached.
@@ -193,6 +211,7 @@ mod tests {
         assert_eq!(c.signals.len(), 4);
         assert_eq!(c.cgroup_ttl, Duration::from_mins(2));
         assert!(!c.check);
+        assert!(c.command.is_none());
         assert_eq!(c.cgroup_root, None);
         assert_eq!(c.kubelet_log_dir, None);
     }
@@ -240,6 +259,26 @@ mod tests {
         assert!(e.contains("--max-cgroups"), "{e}");
         let e = parse(&["--listen", "nope"]).unwrap_err().to_string();
         assert!(e.contains("--listen"), "{e}");
+    }
+
+    #[test]
+    fn top_is_a_command_and_takes_no_daemon_flags() {
+        let c = parse(&[
+            "top",
+            "--once",
+            "--sort",
+            "send-p99",
+            "--url",
+            "http://h:1/metrics",
+        ])
+        .unwrap();
+        let Some(Command::Top(t)) = c.command else {
+            panic!("not top");
+        };
+        assert!(t.once);
+        assert_eq!(t.sort, crate::top::Column::SendP99);
+        assert!(parse(&["--window", "5s", "top"]).is_err());
+        assert!(parse(&["top", "--sort", "bogus"]).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod kube;
 pub mod metrics;
 pub mod server;
+pub mod top;
 
 #[cfg(test)]
 mod hostile;

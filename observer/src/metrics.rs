@@ -896,4 +896,44 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    /// Every metric the operator files reference (dashboard, recording and alerting rules)
+    /// is a sample name the daemon exports: a renamed metric breaks this test, not a pager.
+    #[test]
+    fn dashboard_and_rules_reference_only_exported_metrics() {
+        let text = render(&scrape_with_traffic());
+        let exported: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+        let mut checked = 0;
+        for file in [
+            "grafana/socklat.json",
+            "prometheus/rules.yaml",
+            "prometheus/rules_test.yaml",
+        ] {
+            let body = std::fs::read_to_string(format!("{deploy}/{file}")).unwrap();
+            let mut rest = body.as_str();
+            while let Some(i) = rest.find("socklat_") {
+                // A recording rule's name (`level:socklat_...:op`) is not a daemon metric.
+                let record = rest[..i].ends_with(':');
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                if record || rest.starts_with(':') {
+                    continue;
+                }
+                assert!(
+                    exported.contains(name.as_str()),
+                    "{file} references {name}, which the daemon does not export"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "only {checked} references found");
+    }
 }

@@ -189,7 +189,7 @@ fn build_image() -> Result<String> {
     let tag = format!("localhost/socklat:{}", env!("CARGO_PKG_VERSION"));
     step(&format!("podman build -f deploy/Containerfile -t {tag}"));
     run(podman()
-        .args(["build", "-q", "-f"])
+        .args(["build", "-q", "--format", "docker", "-f"])
         .arg(deploy_dir().join("Containerfile"))
         .args(["-t", &tag])
         .arg(&ctx))?;

@@ -50,6 +50,8 @@ pub fn all() -> Result<()> {
         "privileged",
         "--test",
         "connections",
+        "--test",
+        "operator",
         "--",
         "--test-threads=1",
     ]))?;
