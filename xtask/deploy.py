@@ -92,9 +92,34 @@ def check(deploy):
             problems.append(f"mount {m['name']} is not read-only")
         if m["name"] not in vols:
             problems.append(f"mount {m['name']} has no volume")
+    problems += check_dashboard(pathlib.Path(deploy) / "grafana" / "socklat.json")
     for p in problems:
         print(p)
     return 1 if problems else 0
+
+
+def check_dashboard(path):
+    """The Grafana dashboard: valid JSON, unique panel ids, a Prometheus query on every
+    panel that is not a row, and only template variables it defines."""
+    import json
+    import re
+
+    problems = []
+    d = json.loads(path.read_text())
+    ids = [p["id"] for p in d["panels"]]
+    if len(ids) != len(set(ids)):
+        problems.append(f"{path.name}: duplicate panel ids")
+    defined = {v["name"] for v in d["templating"]["list"]} | {"__rate_interval"}
+    for p in d["panels"]:
+        if p["type"] == "row":
+            continue
+        if not p.get("targets"):
+            problems.append(f"{path.name}: panel '{p['title']}' has no query")
+        for t in p.get("targets", []):
+            for var in re.findall(r"\$(\w+)", t["expr"]):
+                if var not in defined:
+                    problems.append(f"{path.name}: panel '{p['title']}' uses undefined ${var}")
+    return problems
 
 
 def podman(deploy):

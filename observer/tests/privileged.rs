@@ -714,7 +714,7 @@ fn runs_with_only_cap_bpf_and_cap_perfmon() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("permission denied using BPF") && err.contains("CAP_BPF"),
+        err.contains("permission denied using BPF") && err.contains("lacks CAP_BPF"),
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
