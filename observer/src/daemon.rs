@@ -84,6 +84,21 @@ fn resolver(cli: &Cli, cgroup_root: std::path::PathBuf) -> Result<Resolver, Erro
     Ok(resolver.with_names(names))
 }
 
+/// What `--check` prints: the mode chosen per signal and why the better ones were not.
+fn print_check(cli: &Cli, cgroup_root: &std::path::Path, choices: &[Choice]) {
+    println!(
+        "socklat {} --check (probe mode {})",
+        env!("CARGO_PKG_VERSION"),
+        cli.probe_mode.name()
+    );
+    println!("cgroup v2 at {}", cgroup_root.display());
+    for c in choices {
+        for line in c.describe().lines() {
+            println!("  {line}");
+        }
+    }
+}
+
 /// Runs the daemon; returns the process exit code.
 pub fn run(cli: &Cli) -> Result<i32, Error> {
     let cgroup_root = match &cli.cgroup_root {
@@ -113,17 +128,7 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
         .collect();
 
     if cli.check {
-        println!(
-            "socklat {} --check (probe mode {})",
-            env!("CARGO_PKG_VERSION"),
-            cli.probe_mode.name()
-        );
-        println!("cgroup v2 at {}", cgroup_root.display());
-        for c in &loaded.choices {
-            for line in c.describe().lines() {
-                println!("  {line}");
-            }
-        }
+        print_check(cli, &cgroup_root, &loaded.choices);
         return Ok(i32::from(!missing.is_empty()));
     }
     if loaded.choices.iter().all(|c| c.mode.is_none())
@@ -138,6 +143,12 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
         log::warn!("signal not observed: {m}");
     }
 
+    // Attached: from here on only ring creation and map access, which need CAP_BPF alone.
+    // Before any thread starts, so that all inherit the reduced sets.
+    match crate::caps::keep_only(&[crate::caps::CAP_BPF]) {
+        Ok(()) => log::info!("probes attached; capabilities dropped to CAP_BPF"),
+        Err(e) => log::warn!("could not drop capabilities after attaching: {e}"),
+    }
     let resolver = resolver(cli, cgroup_root)?;
     let parts = Parts::take(&mut loaded.ebpf)?;
     let probes = loaded

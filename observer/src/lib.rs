@@ -7,6 +7,7 @@
 
 pub mod aggregate;
 pub mod btf;
+pub mod caps;
 pub mod cgroups;
 pub mod cli;
 pub mod error;

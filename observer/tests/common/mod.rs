@@ -245,6 +245,32 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((code, body))
 }
 
+/// Per thread of `pid`: (tid, `CapEff`, `CapPrm`, `CapBnd`) as /proc prints them.
+pub fn thread_caps(pid: u32) -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        out.push((
+            e.file_name().to_string_lossy().into_owned(),
+            field("CapEff:"),
+            field("CapPrm:"),
+            field("CapBnd:"),
+        ));
+    }
+    out
+}
+
 /// Samples of one scrape: (name, labels) -> value.
 pub struct Metrics(pub Vec<(String, BTreeMap<String, String>, f64)>);
 
