@@ -52,6 +52,8 @@ pub fn all() -> Result<()> {
         "connections",
         "--test",
         "operator",
+        "--test",
+        "reliability",
         "--",
         "--test-threads=1",
     ]))?;

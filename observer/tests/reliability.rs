@@ -1,0 +1,198 @@
+//! Reliability under stress, with the real daemon: a burst that overflows deliberately tiny
+//! rings is accounted for exactly (counted + lost = made, per cgroup) and the daemon
+//! recovers; many concurrent scrapes neither lose events nor stall the event path.
+//!
+//! Run by `cargo xtask test` as root, one test at a time.
+
+#![expect(
+    clippy::cast_precision_loss,
+    reason = "counts in these tests are far below 2^52"
+)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::traffic::{delay_server, join, parse_calls};
+use common::{Daemon, Metrics, TestCgroup, role_output, run_role};
+
+fn role() -> Option<String> {
+    std::env::var("SOCKLAT_TEST_ROLE").ok()
+}
+
+/// Request/response client ([`common::traffic::client`]).
+#[test]
+#[ignore = "worker role, run by the reliability tests"]
+fn role_client() {
+    if role().as_deref() == Some("role_client") {
+        common::traffic::client();
+    }
+}
+
+/// Calls counted (every result) and events lost for one cgroup.
+fn counted_and_lost(m: &Metrics, cg: &TestCgroup) -> (f64, f64) {
+    let mut counted = 0.0;
+    for call in ["sendmsg", "recvmsg"] {
+        for result in ["ok", "eagain", "error"] {
+            counted += m
+                .get(
+                    "socklat_tcp_calls_total",
+                    &[
+                        ("cgroup", cg.label.as_str()),
+                        ("call", call),
+                        ("result", result),
+                    ],
+                )
+                .unwrap_or(0.0);
+        }
+    }
+    let lost = m
+        .get(
+            "socklat_ringbuf_lost_events_total",
+            &[("cgroup", cg.label.as_str())],
+        )
+        .unwrap_or(0.0);
+    (counted, lost)
+}
+
+fn signal(daemon: &Daemon, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(i32::try_from(daemon.child.id()).unwrap(), sig) };
+    assert_eq!(rc, 0);
+}
+
+/// Rings of 4 KiB (128 events) and the shared ring at its 1 MiB minimum; the daemon is
+/// stopped (SIGSTOP) while a client makes 60 000 socket calls, so the rings overflow. Per
+/// cgroup, calls counted + events lost equals the calls the client made, exactly, and some
+/// were lost. After SIGCONT the daemon drains, keeps counting exactly, and loses nothing
+/// more.
+#[test]
+fn a_burst_into_tiny_rings_is_accounted_for_exactly_and_the_daemon_recovers() {
+    if role().is_some() {
+        return;
+    }
+    let daemon = Daemon::start(&[
+        "--probe-mode",
+        &common::mode(),
+        "--ring-size",
+        "4K",
+        "--signals",
+        "sendmsg,recvmsg",
+    ]);
+    let server = delay_server();
+    let cg = TestCgroup::new("burst");
+    let client = |n: usize| {
+        let c = run_role(
+            &cg,
+            "role_client",
+            &[
+                ("SOCKLAT_TEST_ADDR", server.to_string()),
+                ("SOCKLAT_TEST_DELAYS_US", join(&vec![0; n])),
+            ],
+        );
+        let m = parse_calls(&role_output(c));
+        (m.send.len() + m.recv.len()) as f64
+    };
+    // Warm up: the cgroup is admitted and gets its ring.
+    let mut made = client(20);
+    std::thread::sleep(Duration::from_millis(300));
+
+    signal(&daemon, libc::SIGSTOP);
+    made += client(30_000);
+    signal(&daemon, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(500));
+    let (counted, lost) = counted_and_lost(&daemon.scrape(), &cg);
+    assert!(
+        lost > 1000.0,
+        "the burst did not overflow the rings: {lost} lost"
+    );
+    assert!(
+        (counted + lost - made).abs() < 0.5,
+        "{made} calls made, {counted} counted + {lost} lost"
+    );
+
+    // Recovered: new traffic is counted exactly, nothing more is lost.
+    made += client(500);
+    let (counted2, lost2) = counted_and_lost(&daemon.scrape(), &cg);
+    assert!(
+        (lost2 - lost).abs() < 0.5,
+        "lost grew after the burst: {lost} -> {lost2}"
+    );
+    assert!(
+        (counted2 + lost2 - made).abs() < 0.5,
+        "after recovery: {made} made, {counted2} counted + {lost2} lost"
+    );
+}
+
+/// wrk keeps 32 connections scraping /metrics for 4 s (bounded in time) while a client
+/// makes calls: every call is counted, none lost, every scrape answered 200.
+#[test]
+fn concurrent_scrapes_lose_nothing_and_do_not_stall_the_event_path() {
+    if role().is_some() {
+        return;
+    }
+    if common::in_vm() {
+        eprintln!("no wrk in the guest: this test runs on the host");
+        return;
+    }
+    let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
+    let server = delay_server();
+    let cg = TestCgroup::new("scraped");
+    let c = run_role(
+        &cg,
+        "role_client",
+        &[
+            ("SOCKLAT_TEST_ADDR", server.to_string()),
+            ("SOCKLAT_TEST_DELAYS_US", join(&[300; 6000])),
+        ],
+    );
+    let wrk = Command::new("wrk")
+        .args(["-t2", "-c32", "-d4s", "--timeout", "5s"])
+        .arg(format!("http://{}/metrics", daemon.addr))
+        .output()
+        .expect("wrk (Debian package wrk) must be installed: .ci/run installs it");
+    let report = String::from_utf8_lossy(&wrk.stdout);
+    let m = parse_calls(&role_output(c));
+    assert!(wrk.status.success(), "{report}");
+    assert!(!report.contains("Non-2xx"), "{report}");
+    // The daemon closes each connection after its (streamed, length-less) answer, which
+    // wrk counts as a read error per request; anything else is a failure.
+    if let Some(errors) = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors: "))
+    {
+        for kind in ["connect 0", "write 0", "timeout 0"] {
+            assert!(errors.contains(kind), "{report}");
+        }
+    }
+    let requests: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.to_string())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request count in: {report}"));
+    assert!(requests >= 100.0, "only {requests} scrapes: {report}");
+    eprintln!(
+        "wrk: {requests} scrapes in 4 s alongside {} calls",
+        m.send.len() + m.recv.len()
+    );
+
+    let scrape = daemon.scrape();
+    let (counted, lost) = counted_and_lost(&scrape, &cg);
+    assert_eq!(lost, 0.0, "events lost under scrape load");
+    assert_eq!(counted, (m.send.len() + m.recv.len()) as f64);
+    let all_lost: f64 = scrape
+        .0
+        .iter()
+        .filter(|(n, _, _)| n == "socklat_ringbuf_lost_events_total")
+        .map(|(_, _, v)| v)
+        .sum();
+    assert_eq!(
+        all_lost, 0.0,
+        "events lost in some cgroup under scrape load"
+    );
+}
