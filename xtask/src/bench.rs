@@ -58,7 +58,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// An echo server on loopback: answers every `len`-byte message with the same bytes.
-fn echo_server(len: usize, stop: Arc<AtomicBool>) -> SocketAddr {
+pub(crate) fn echo_server(len: usize, stop: Arc<AtomicBool>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let addr = l.local_addr().expect("addr");
     std::thread::spawn(move || {
@@ -202,7 +202,7 @@ unsafe fn libc_munmap(p: *mut u8, len: usize) {
 }
 
 /// An observer running for one measured condition.
-enum Observer {
+pub(crate) enum Observer {
     None,
     Socklat(Child, SocketAddr),
     Bpftrace(Child),
@@ -214,7 +214,7 @@ fn free_port() -> u16 {
         .map_or(19640, |a| a.port())
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").ok()?;
@@ -223,7 +223,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     out.starts_with("HTTP/1.1 200").then_some(out)
 }
 
-fn start_socklat(bin: &Path, extra: &[&str]) -> Result<Observer> {
+pub(crate) fn start_socklat(bin: &Path, extra: &[&str]) -> Result<Observer> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let user_args = std::env::var("SOCKLAT_BENCH_DAEMON_ARGS").unwrap_or_default();
     let child = Command::new(bin)
@@ -278,7 +278,7 @@ fn signal(child: &Child, sig: i32) {
         .status();
 }
 
-fn stop(obs: Observer) {
+pub(crate) fn stop(obs: Observer) {
     match obs {
         Observer::None => {}
         Observer::Socklat(mut c, _) | Observer::Bpftrace(mut c) => {
@@ -308,11 +308,11 @@ fn daemon_counts(addr: SocketAddr) -> (f64, f64) {
     clippy::cast_precision_loss,
     reason = "memory sizes far below 2^52 KiB"
 )]
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn rss_kib(pid: u32) -> (u64, u64, u64) {
+pub(crate) fn rss_kib(pid: u32) -> (u64, u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let get = |k: &str| {
         status
@@ -559,7 +559,7 @@ fn memory(bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`. Runs between
 /// fork and exec, so only async-signal-safe calls.
-fn move_self(procs: &std::ffi::CStr) -> std::io::Result<()> {
+pub(crate) fn move_self(procs: &std::ffi::CStr) -> std::io::Result<()> {
     const O_WRONLY: i32 = 1;
     // SAFETY: a valid C string; the fd is closed below.
     let fd = unsafe { open(procs.as_ptr(), O_WRONLY) };
@@ -577,7 +577,7 @@ fn move_self(procs: &std::ffi::CStr) -> std::io::Result<()> {
     }
 }
 
-fn cgroup2_root() -> Result<String> {
+pub(crate) fn cgroup2_root() -> Result<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mut found = None;
     for line in info.lines() {

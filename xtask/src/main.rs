@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod deploy;
+mod soak;
 mod test;
 mod toolchain;
 mod util;
@@ -42,6 +43,8 @@ enum Cmd {
     VmTest(vm::Opts),
     /// Benchmarks: overhead ratios measured side by side, pipeline rate, memory.
     Bench(bench::Opts),
+    /// Soak: load plus cgroup churn for N minutes; reports the memory slope and scrape time.
+    Soak(soak::Opts),
     /// (internal) the client process of the memory benchmark.
     #[command(hide = true)]
     BenchClient { addr: String, requests: usize },
@@ -94,6 +97,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::DeployTest => deploy::deploy_test(),
         Cmd::Image => deploy::image(),
         Cmd::Bench(o) => bench::bench(&o),
+        Cmd::Soak(o) => soak::soak(&o),
         Cmd::VmTest(o) => vm::vm_test(&o),
         Cmd::BenchClient { addr, requests } => bench::client(&addr, requests),
     }

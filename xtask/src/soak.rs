@@ -1,0 +1,292 @@
+//! `cargo xtask soak --minutes N`: the daemon under steady request/response load plus cgroup
+//! churn (new cgroups with a little traffic every second, each removed right after), with
+//! a short `--cgroup-ttl` so that garbage collection runs all along. Every 10 s it records
+//! the daemon's resident memory, the time one scrape takes, the cgroups tracked and the
+//! events lost; at the end it reports the memory slope (least squares over the run after
+//! its first quarter) and the scrape time early and late. Samples go to target/soak.csv.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::bench::{
+    Observer, cgroup2_root, echo_server, http_get, mib, move_self, rss_kib, start_socklat, stop,
+};
+use crate::build::build_daemon;
+use crate::util::{is_root, root, step};
+
+/// Options of `cargo xtask soak`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Opts {
+    /// How long to run.
+    #[arg(long, default_value_t = 30.0)]
+    pub minutes: f64,
+    /// New cgroups per second (each makes 20 requests, then is removed).
+    #[arg(long, default_value_t = 10)]
+    pub churn: usize,
+    /// Steady load, requests per second over loopback (2 connections).
+    #[arg(long, default_value_t = 5000)]
+    pub rate: u64,
+}
+
+struct Sample {
+    at: f64,
+    rss_kib: u64,
+    scrape_ms: f64,
+    tracked: f64,
+    lost: f64,
+    events: f64,
+    cgroups_made: u64,
+}
+
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Least-squares slope of `y` over `x`.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    #[expect(clippy::cast_precision_loss, reason = "a few hundred samples")]
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let num: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let den: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if den == 0.0 { 0.0 } else { num / den }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Two connections making `rate` request/responses per second in total until `stop`.
+fn steady_load(
+    addr: SocketAddr,
+    rate: u64,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..2)
+        .map(|_| {
+            let stop = Arc::clone(stop);
+            std::thread::spawn(move || {
+                let Ok(mut s) = TcpStream::connect(addr) else {
+                    return;
+                };
+                let _ = s.set_nodelay(true);
+                let mut buf = [0u8; 64];
+                let per_tick = (rate / 2 / 100).max(1);
+                while !stop.load(Ordering::Relaxed) {
+                    let tick = Instant::now();
+                    for _ in 0..per_tick {
+                        if s.write_all(&buf).is_err() || s.read_exact(&mut buf).is_err() {
+                            return;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10).saturating_sub(tick.elapsed()));
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every second, `per_sec` new cgroups each run a 20-request client and are removed.
+fn churn(
+    addr: SocketAddr,
+    per_sec: usize,
+    stop: &Arc<AtomicBool>,
+    made: &Arc<AtomicU64>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let cg_root = PathBuf::from(cgroup2_root()?);
+    let me = std::env::current_exe()?;
+    let stop = Arc::clone(stop);
+    let made = Arc::clone(made);
+    Ok(std::thread::spawn(move || {
+        let mut round = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let tick = Instant::now();
+            let mut kids = Vec::new();
+            for i in 0..per_sec {
+                let d = cg_root.join(format!("socklat-soak-{}-{round}-{i}", std::process::id()));
+                if std::fs::create_dir(&d).is_err() {
+                    continue;
+                }
+                let Ok(procs) =
+                    std::ffi::CString::new(d.join("cgroup.procs").to_string_lossy().as_bytes())
+                else {
+                    continue;
+                };
+                let mut cmd = Command::new(&me);
+                cmd.args(["bench-client", &addr.to_string(), "20"]);
+                // SAFETY: only open/write/close between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || move_self(&procs));
+                }
+                if let Ok(k) = cmd.spawn() {
+                    kids.push((k, d));
+                }
+            }
+            for (mut k, d) in kids {
+                let _ = k.wait();
+                for _ in 0..50 {
+                    if std::fs::remove_dir(&d).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                made.fetch_add(1, Ordering::Relaxed);
+            }
+            round += 1;
+            std::thread::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed()));
+        }
+    }))
+}
+
+fn scrape(addr: SocketAddr) -> (f64, String) {
+    let t = Instant::now();
+    let text = http_get(addr, "/metrics").unwrap_or_default();
+    (t.elapsed().as_secs_f64() * 1e3, text)
+}
+
+/// Writes the samples to target/soak.csv and prints the report table.
+fn report(o: &Opts, samples: &[Sample], alive: bool) -> Result<()> {
+    let mut csv =
+        String::from("seconds,rss_kib,scrape_ms,cgroups_tracked,lost,events,cgroups_made\n");
+    for s in samples {
+        let _ = writeln!(
+            csv,
+            "{:.0},{},{:.2},{},{},{},{}",
+            s.at, s.rss_kib, s.scrape_ms, s.tracked, s.lost, s.events, s.cgroups_made
+        );
+    }
+    std::fs::write(root().join("target/soak.csv"), csv)?;
+    if samples.len() < 4 {
+        bail!("too short a soak to report a slope (at least 40 s)");
+    }
+    let settled: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at >= samples.last().map_or(0.0, |l| l.at) / 4.0)
+        .collect();
+    let pts: Vec<(f64, f64)> = settled
+        .iter()
+        .map(|s| (s.at / 3600.0, mib(s.rss_kib)))
+        .collect();
+    let q = samples.len() / 4;
+    let early = median(samples[..q.max(1)].iter().map(|s| s.scrape_ms).collect());
+    let late = median(
+        samples[samples.len() - q.max(1)..]
+            .iter()
+            .map(|s| s.scrape_ms)
+            .collect(),
+    );
+    let last = samples.last().expect("samples");
+    println!("\n| soak ({:.1} min) | value |\n|---|---|", o.minutes);
+    println!(
+        "| load | {} req/s steady, {} new cgroups/s (20 requests each), --cgroup-ttl 30s |",
+        o.rate, o.churn
+    );
+    println!("| cgroups made and removed | {} |", last.cgroups_made);
+    println!("| events received | {} |", last.events);
+    println!("| events lost | {} |", last.lost);
+    println!(
+        "| RSS first / last sample | {:.1} / {:.1} MiB |",
+        mib(samples[0].rss_kib),
+        mib(last.rss_kib)
+    );
+    println!(
+        "| RSS slope after the first quarter (least squares) | {:+.2} MiB/hour |",
+        slope(&pts)
+    );
+    println!("| scrape time, median of first / last quarter | {early:.1} / {late:.1} ms |");
+    println!("| cgroups tracked at the end | {} |", last.tracked);
+    println!("| daemon healthy at the end | {alive} |");
+    println!("samples: target/soak.csv");
+    Ok(())
+}
+
+/// Runs the soak and prints its report.
+pub fn soak(o: &Opts) -> Result<()> {
+    if !is_root() {
+        bail!("the soak loads BPF programs and makes cgroups: run it as root");
+    }
+    let bin = build_daemon()?;
+    let obs = start_socklat(&bin, &["--cgroup-ttl", "30s"])?;
+    let Observer::Socklat(child, daddr) = &obs else {
+        unreachable!()
+    };
+    let pid = child.id();
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let server = echo_server(64, Arc::clone(&stop_flag));
+    let load = steady_load(server, o.rate, &stop_flag);
+    let made = Arc::new(AtomicU64::new(0));
+    let churner = churn(server, o.churn, &stop_flag, &made)?;
+    let total = Duration::from_secs_f64(o.minutes * 60.0);
+    step(&format!(
+        "soak for {:.1} min: {} req/s steady, {} new cgroups/s, --cgroup-ttl 30s; a line every minute",
+        o.minutes, o.rate, o.churn
+    ));
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while start.elapsed() < total {
+        std::thread::sleep(Duration::from_secs(10).min(total.saturating_sub(start.elapsed())));
+        let (ms, text) = scrape(*daddr);
+        let s = Sample {
+            at: start.elapsed().as_secs_f64(),
+            rss_kib: rss_kib(pid).0,
+            scrape_ms: ms,
+            tracked: metric_sum(&text, "socklat_cgroups_tracked "),
+            lost: metric_sum(&text, "socklat_ringbuf_lost_events_total{"),
+            events: metric_sum(&text, "socklat_events_total{"),
+            cgroups_made: made.load(Ordering::Relaxed),
+        };
+        if samples.len() % 6 == 5 {
+            eprintln!(
+                "    {:5.1} min: RSS {:.1} MiB, scrape {:.1} ms, tracked {}, cgroups made {}, events {}, lost {}",
+                s.at / 60.0,
+                mib(s.rss_kib),
+                s.scrape_ms,
+                s.tracked,
+                s.cgroups_made,
+                s.events,
+                s.lost
+            );
+        }
+        samples.push(s);
+    }
+    stop_flag.store(true, Ordering::Relaxed);
+    let _ = churner.join();
+    for h in load {
+        let _ = h.join();
+    }
+    let _ = TcpStream::connect(server);
+    let alive = http_get(*daddr, "/healthz").is_some();
+    stop(obs);
+
+    report(o, &samples, alive)?;
+    if !alive {
+        bail!("the daemon was not healthy at the end of the soak");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slope_of_a_line() {
+        let pts: Vec<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), 2.0 * f64::from(i) + 1.0))
+            .collect();
+        assert!((super::slope(&pts) - 2.0).abs() < 1e-9);
+        assert!(super::slope(&[(1.0, 1.0), (1.0, 2.0)]).abs() < 1e-9);
+    }
+}
