@@ -71,7 +71,7 @@ pub fn sk_cgroup(sk: u64) -> u64 {
 }
 
 #[inline(always)]
-fn is_tcp(sk: u64) -> bool {
+pub fn is_tcp(sk: u64) -> bool {
     let family = read::<u16>(sk, OFF_SK_FAMILY.load()).unwrap_or(0);
     let protocol = read::<u16>(sk, OFF_SK_PROTOCOL.load()).unwrap_or(0);
     protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6)

@@ -131,6 +131,50 @@ fn sock_length(ctx: &TracePointContext, kind: EventKind) -> Result<(), i64> {
     Ok(())
 }
 
+/// The same from the raw tracepoint (`sk`, `ret` as arguments): no record is built for
+/// us, so it costs less than the classic one; family and protocol come from the socket at
+/// BTF offsets. Used where the daemon found those offsets and the tracepoint in BTF.
+#[inline(always)]
+fn raw_sock_length(ctx: &RawTracePointContext, kind: EventKind) {
+    let sk: u64 = ctx.arg(0);
+    #[expect(clippy::cast_possible_truncation, reason = "the int argument, sign-extended")]
+    let ret = ctx.arg::<u64>(1) as i32;
+    if !conn::is_tcp(sk) {
+        return;
+    }
+    let Some(start) = SYSCALL_START.get_ptr_mut(&bpf_get_current_pid_tgid()) else {
+        return;
+    };
+    // SAFETY: a value of our own map; only this thread writes its own entry.
+    let start = unsafe { &mut *start };
+    if start.ts == 0 {
+        return;
+    }
+    if ret < 0 && ret != -EAGAIN {
+        conn::call_error(sk);
+    }
+    let t = now();
+    let duration = t.saturating_sub(start.ts);
+    start.ts = t;
+    send_event(ctx, kind, duration, ret);
+}
+
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn socklat_raw_sock_send_length(ctx: RawTracePointContext) -> i32 {
+    if ENABLE_SEND.load() != 0 {
+        raw_sock_length(&ctx, EventKind::SendMsg);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn socklat_raw_sock_recv_length(ctx: RawTracePointContext) -> i32 {
+    if ENABLE_RECV.load() != 0 {
+        raw_sock_length(&ctx, EventKind::RecvMsg);
+    }
+    0
+}
+
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn socklat_sock_send_length(ctx: TracePointContext) -> u32 {
     if ENABLE_SEND.load() != 0 {

@@ -10,6 +10,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
 const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
@@ -41,6 +42,8 @@ pub struct Btf {
     funcs: HashMap<String, u32>,
     /// Function prototype type id -> number of parameters.
     protos: HashMap<u32, u16>,
+    /// Typedef names (`btf_trace_<tracepoint>` says a tracepoint exists).
+    typedefs: std::collections::HashSet<String>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, String> {
@@ -80,6 +83,7 @@ impl Btf {
             by_name: HashMap::new(),
             funcs: HashMap::new(),
             protos: HashMap::new(),
+            typedefs: std::collections::HashSet::new(),
         };
         let mut at = 0;
         let mut id = 1u32;
@@ -97,6 +101,9 @@ impl Btf {
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
                 _ => 0,
             };
+            if kind == KIND_TYPEDEF {
+                btf.typedefs.insert(btf.string(name).to_string());
+            }
             if kind == KIND_FUNC {
                 let n = btf.string(name).to_string();
                 btf.funcs.insert(n, u32_at(types, at - 4)?);
@@ -178,6 +185,12 @@ impl Btf {
     #[must_use]
     pub fn func_params(&self, name: &str) -> Option<u16> {
         self.protos.get(self.funcs.get(name)?).copied()
+    }
+
+    /// Whether the kernel has tracepoint `name` (its `btf_trace_<name>` typedef).
+    #[must_use]
+    pub fn has_tracepoint(&self, name: &str) -> bool {
+        self.typedefs.contains(&format!("btf_trace_{name}"))
     }
 
     /// Whether `struct name` has a member `member`.

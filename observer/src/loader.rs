@@ -65,14 +65,20 @@ enum Attach {
     Tp(&'static str, &'static str),
 }
 
-/// Programs that make up one (signal, mode); `recvmsg_params` is the number of parameters
-/// of this kernel's `tcp_recvmsg` (from BTF).
-fn programs(
-    signal: Signal,
-    mode: ProbeMode,
+/// What BTF told about the running kernel that decides which programs to attach.
+#[derive(Clone, Copy, Debug, Default)]
+struct KernelShape {
+    /// Number of parameters of `tcp_recvmsg`.
     recvmsg_params: Option<u16>,
-) -> Vec<(&'static str, Attach)> {
+    /// The sock_*_length tracepoints exist and the socket offsets are known: the raw
+    /// tracepoint programs can be used (cheaper than the classic ones, no tracefs).
+    raw_sock_length: bool,
+}
+
+/// Programs that make up one (signal, mode) on a kernel of this shape.
+fn programs(signal: Signal, mode: ProbeMode, k: KernelShape) -> Vec<(&'static str, Attach)> {
     use Attach::{FEntry, FExit, KProbe, RawTp, Tp};
+    let recvmsg_params = k.recvmsg_params;
     match (signal, mode) {
         (Signal::SendMsg, ProbeMode::Fentry) => vec![
             ("socklat_fentry_tcp_sendmsg", FEntry("tcp_sendmsg")),
@@ -95,6 +101,14 @@ fn programs(
         (Signal::RecvMsg, ProbeMode::Kprobe) => vec![
             ("socklat_kprobe_tcp_recvmsg", KProbe("tcp_recvmsg")),
             ("socklat_kretprobe_tcp_recvmsg", KProbe("tcp_recvmsg")),
+        ],
+        (Signal::SendMsg, ProbeMode::Tracepoint) if k.raw_sock_length => vec![
+            ("socklat_sys_enter", RawTp("sys_enter")),
+            ("socklat_raw_sock_send_length", RawTp("sock_send_length")),
+        ],
+        (Signal::RecvMsg, ProbeMode::Tracepoint) if k.raw_sock_length => vec![
+            ("socklat_sys_enter", RawTp("sys_enter")),
+            ("socklat_raw_sock_recv_length", RawTp("sock_recv_length")),
         ],
         (Signal::SendMsg, ProbeMode::Tracepoint) => vec![
             ("socklat_sys_enter", RawTp("sys_enter")),
@@ -157,7 +171,7 @@ struct Attacher<'a> {
     ebpf: &'a mut Ebpf,
     btf: Option<&'a Btf>,
     attached: BTreeSet<&'static str>,
-    recvmsg_params: Option<u16>,
+    shape: KernelShape,
 }
 
 impl Attacher<'_> {
@@ -228,7 +242,7 @@ impl Attacher<'_> {
 
     /// Attaches every program of (signal, mode), or none of those it newly attached.
     fn attach_mode(&mut self, signal: Signal, mode: ProbeMode) -> Result<(), String> {
-        let progs = programs(signal, mode, self.recvmsg_params);
+        let progs = programs(signal, mode, self.shape);
         if progs.is_empty() {
             return Err(format!("{} has no {} probes", signal.name(), mode.name()));
         }
@@ -377,7 +391,13 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, Error> {
         ebpf: &mut ebpf,
         btf: btf.as_ref(),
         attached: BTreeSet::new(),
-        recvmsg_params,
+        shape: KernelShape {
+            recvmsg_params,
+            raw_sock_length: offsets.is_ok()
+                && kernel_btf.as_ref().is_ok_and(|b| {
+                    b.has_tracepoint("sock_send_length") && b.has_tracepoint("sock_recv_length")
+                }),
+        },
     };
     let mut choices = Vec::new();
     for signal in Signal::ALL {

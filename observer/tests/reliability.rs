@@ -144,7 +144,7 @@ fn concurrent_scrapes_lose_nothing_and_do_not_stall_the_event_path() {
         "role_client",
         &[
             ("SOCKLAT_TEST_ADDR", server.to_string()),
-            ("SOCKLAT_TEST_DELAYS_US", join(&[300; 6000])),
+            ("SOCKLAT_TEST_DELAYS_US", join(&vec![300; 6000])),
         ],
     );
     let wrk = Command::new("wrk")
@@ -183,16 +183,20 @@ fn concurrent_scrapes_lose_nothing_and_do_not_stall_the_event_path() {
 
     let scrape = daemon.scrape();
     let (counted, lost) = counted_and_lost(&scrape, &cg);
-    assert_eq!(lost, 0.0, "events lost under scrape load");
-    assert_eq!(counted, (m.send.len() + m.recv.len()) as f64);
+    assert!(lost < 0.5, "{lost} events lost under scrape load");
+    let made = (m.send.len() + m.recv.len()) as f64;
+    assert!(
+        (counted - made).abs() < 0.5,
+        "{made} calls made, {counted} counted"
+    );
     let all_lost: f64 = scrape
         .0
         .iter()
         .filter(|(n, _, _)| n == "socklat_ringbuf_lost_events_total")
         .map(|(_, _, v)| v)
         .sum();
-    assert_eq!(
-        all_lost, 0.0,
-        "events lost in some cgroup under scrape load"
+    assert!(
+        all_lost < 0.5,
+        "{all_lost} events lost in some cgroup under scrape load"
     );
 }
