@@ -108,6 +108,8 @@ fn is_cgroup2(path: &Path) -> io::Result<bool> {
 pub struct Resolver {
     root: PathBuf,
     cache: IdMap<Arc<Labels>>,
+    /// Path -> the id last found there (a path can be removed and made again: a new id).
+    by_path: std::collections::HashMap<String, u64>,
     rescanned: bool,
     names: Option<NameSource>,
     said_unnamed: bool,
@@ -126,6 +128,7 @@ impl Resolver {
         Self {
             root,
             cache: IdMap::default(),
+            by_path: std::collections::HashMap::new(),
             rescanned: false,
             names: None,
             said_unnamed: false,
@@ -210,7 +213,11 @@ impl Resolver {
 
     /// Forgets an id (its cgroup is gone).
     pub fn forget(&mut self, id: u64) {
-        self.cache.remove(&id);
+        if let Some(l) = self.cache.remove(&id)
+            && self.by_path.get(&l.cgroup) == Some(&id)
+        {
+            self.by_path.remove(&l.cgroup);
+        }
         self.unnamed.remove(&id);
     }
 
@@ -229,9 +236,21 @@ impl Resolver {
             let Ok(meta) = std::fs::metadata(&dir) else {
                 continue;
             };
-            if !self.cache.contains_key(&meta.ino()) {
-                let l = Arc::new(self.label(meta.ino(), &rel));
-                self.cache.insert(meta.ino(), l);
+            let id = meta.ino();
+            if !self.cache.contains_key(&id) {
+                let l = Arc::new(self.label(id, &rel));
+                self.cache.insert(id, l);
+                // A cgroup removed and made again at the same path is a new cgroup: the
+                // old one's series (kept until the TTL) must not carry the same labels.
+                if let Some(old) = self.by_path.insert(rel.clone(), id)
+                    && old != id
+                    && let Some(l) = self.cache.get_mut(&old)
+                {
+                    *l = Arc::new(Labels {
+                        cgroup: format!("{rel} (removed, id {old})"),
+                        ..(**l).clone()
+                    });
+                }
             }
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
@@ -296,6 +315,25 @@ mod tests {
                 assert_eq!(check_cgroup2_root(m.parent().unwrap()), Ok(m.clone()));
             }
         }
+    }
+
+    #[test]
+    fn a_path_made_again_relabels_the_old_id() {
+        let dir = std::env::temp_dir().join(format!("socklat-reuse-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("x")).unwrap();
+        let mut r = Resolver::new(dir.clone());
+        let old = Resolver::id_of(&dir.join("x")).unwrap();
+        assert_eq!(r.resolve(old).cgroup, "/x");
+        std::fs::remove_dir(dir.join("x")).unwrap();
+        // Something in between so that the new directory gets another inode number.
+        std::fs::create_dir(dir.join("y")).unwrap();
+        std::fs::create_dir(dir.join("x")).unwrap();
+        let new = Resolver::id_of(&dir.join("x")).unwrap();
+        assert_ne!(old, new);
+        r.begin_round();
+        assert_eq!(r.resolve(new).cgroup, "/x");
+        assert_eq!(r.resolve(old).cgroup, format!("/x (removed, id {old})"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -310,6 +310,9 @@ struct Collector {
     /// it has not changed.
     idle: IdMap<(u64, Instant)>,
     last_gc: Instant,
+    /// Cgroups admitted since the last poll tick, to be resolved to their path while their
+    /// directory still exists (a short-lived cgroup may be gone by the next scrape).
+    unresolved: Vec<u64>,
 }
 
 /// Settings of the collector.
@@ -396,6 +399,7 @@ pub fn spawn(
         programs: settings.programs,
         idle: IdMap::default(),
         last_gc: Instant::now(),
+        unresolved: Vec::new(),
     };
     let join = std::thread::Builder::new()
         .name("socklat-collector".into())
@@ -418,6 +422,14 @@ impl Collector {
                     self.drain_slot(i);
                 }
                 self.drain_retired();
+                // At most one rescan of the cgroup tree per tick, and only when a new
+                // cgroup came.
+                if !self.unresolved.is_empty() {
+                    self.resolver.begin_round();
+                    for id in std::mem::take(&mut self.unresolved) {
+                        let _ = self.resolver.resolve(id);
+                    }
+                }
             }
             if self.last_gc.elapsed()
                 >= (self.cgroup_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(10))
@@ -678,6 +690,7 @@ impl Collector {
             self.slots[i] = Some(slot);
         }
         self.by_cgroup.insert(cgroup_id, i);
+        self.unresolved.push(cgroup_id);
         log::debug!("cgroup {cgroup_id}: own ring, slot {i}");
     }
 
@@ -768,7 +781,13 @@ impl Collector {
             retransmits: 0,
         };
         let mut events = self.agg.forgotten_events();
-        for snap in self.agg.snapshot(epoch) {
+        let snaps = self.agg.snapshot(epoch);
+        // Resolve every id before taking labels: finding a new cgroup can relabel an old
+        // one (a path made again), and both rows must see that.
+        for id in snaps.iter().filter_map(|s| s.id) {
+            let _ = self.resolver.resolve(id);
+        }
+        for snap in snaps {
             for (t, e) in events.iter_mut().zip(snap.events) {
                 *t += e;
             }

@@ -200,3 +200,63 @@ fn concurrent_scrapes_lose_nothing_and_do_not_stall_the_event_path() {
         "{all_lost} events lost in some cgroup under scrape load"
     );
 }
+
+/// A cgroup removed and made again at the same path is a new cgroup (a new id): its
+/// series count only its own calls, the old one's series (kept until `--cgroup-ttl`) are
+/// not merged into it nor duplicated under the same labels (the old one's `cgroup` label
+/// becomes `<path> (removed, id N)`), and the exposition stays valid.
+#[test]
+fn a_cgroup_made_again_at_the_same_path_is_not_confused_with_the_old_one() {
+    if role().is_some() {
+        return;
+    }
+    let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
+    let server = delay_server();
+    let calls = |cg: &TestCgroup, n: usize| {
+        let c = run_role(
+            cg,
+            "role_client",
+            &[
+                ("SOCKLAT_TEST_ADDR", server.to_string()),
+                ("SOCKLAT_TEST_DELAYS_US", join(&vec![50; n])),
+            ],
+        );
+        parse_calls(&role_output(c)).send.len() as f64
+    };
+    let old = TestCgroup::new("reused");
+    let (old_id, label) = (old.id(), old.label.clone());
+    let first = calls(&old, 10);
+    // Long enough for the daemon to have seen it and resolved its path (a cgroup that is
+    // gone before the daemon's next 50 ms tick is labelled `unknown:<id>`).
+    std::thread::sleep(Duration::from_millis(300));
+    drop(old);
+    let new = TestCgroup::new("reused");
+    assert_ne!(new.id(), old_id, "the kernel gave the same id");
+    let second = calls(&new, 25);
+    let text = daemon.scrape_text();
+    common::promtool_check(&text);
+    let m = Metrics::parse(&text);
+    let sends: Vec<(String, f64)> =
+        m.0.iter()
+            .filter(|(n, l, _)| {
+                n == "socklat_tcp_calls_total"
+                    && l.get("call").map(String::as_str) == Some("sendmsg")
+                    && l.get("result").map(String::as_str) == Some("ok")
+                    && l.get("cgroup").is_some_and(|c| c.starts_with(&label))
+            })
+            .map(|(_, l, v)| (l["cgroup"].clone(), *v))
+            .collect();
+    let live: Vec<&(String, f64)> = sends.iter().filter(|(c, _)| *c == label).collect();
+    assert_eq!(live.len(), 1, "{sends:?}");
+    assert!(
+        (live[0].1 - second).abs() < 0.5,
+        "new cgroup: {sends:?}, made {second}"
+    );
+    let removed: Vec<&(String, f64)> = sends.iter().filter(|(c, _)| *c != label).collect();
+    assert_eq!(removed.len(), 1, "{sends:?}");
+    assert_eq!(removed[0].0, format!("{label} (removed, id {old_id})"));
+    assert!(
+        (removed[0].1 - first).abs() < 0.5,
+        "old cgroup: {sends:?}, made {first}"
+    );
+}

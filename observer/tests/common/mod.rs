@@ -289,6 +289,11 @@ impl Metrics {
             };
             v.push((name, labels, value));
         }
+        // promtool does not catch it: no two samples may share name and labels.
+        let mut seen = std::collections::BTreeSet::new();
+        for (n, l, _) in &v {
+            assert!(seen.insert((n, l)), "duplicate series {n} {l:?}");
+        }
         Metrics(v)
     }
 
