@@ -138,15 +138,14 @@ pub fn socklat_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     // SAFETY: a value of our own map, copied out at once.
     let state = unsafe { CONNECTIONS.get(&sk) }.copied();
     let _ = CONNECTIONS.remove(&sk);
-    let (cgroup_id, flags) = match state {
-        Some(s) => (s.cgroup_id, s.flags),
-        None => {
-            if let Some(n) = CONN_UNTRACKED.get_ptr_mut(0) {
-                // SAFETY: a per-CPU value, written only by this CPU.
-                unsafe { *n += 1 };
-            }
-            (sk_cgroup(sk), 0)
+    let (cgroup_id, flags) = if let Some(s) = state {
+        (s.cgroup_id, s.flags)
+    } else {
+        if let Some(n) = CONN_UNTRACKED.get_ptr_mut(0) {
+            // SAFETY: a per-CPU value, written only by this CPU.
+            unsafe { *n += 1 };
         }
+        (sk_cgroup(sk), 0)
     };
     let err = read::<i32>(sk, OFF_SK_ERR.load()).unwrap_or(0);
     let outcome = classify(old, flags, err);

@@ -10,15 +10,15 @@ use observer_common::{CallStart, Event, EventKind, FAULT_KERNEL, FAULT_MAJOR};
 
 use crate::maps::{CALL_START, FAULT_CACHE, bump_faults, current_cgroup, emit};
 
-/// `VM_FAULT_MAJOR` (include/linux/mm_types.h).
+/// `VM_FAULT_MAJOR` (`include/linux/mm_types.h`).
 const VM_FAULT_MAJOR: u32 = 0x4;
-/// `FAULT_FLAG_USER` (include/linux/mm_types.h).
+/// `FAULT_FLAG_USER` (`include/linux/mm_types.h`).
 const FAULT_FLAG_USER: u32 = 1 << 6;
 
 /// Counts one fault of the current task's cgroup. Faults come in runs from one process, so
 /// the count goes into a per-CPU cache of the last faulting cgroup (an array access) and is
 /// moved to the per-cgroup hash only when another cgroup faults on this CPU. Measured with
-/// kernel.bpf_stats_enabled: 126 ns per fault with a hash lookup per fault.
+/// `kernel.bpf_stats_enabled`: 126 ns per fault with a hash lookup per fault.
 #[inline(always)]
 fn count_fault(kernel: bool) {
     let cgroup_id = current_cgroup();

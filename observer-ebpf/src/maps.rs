@@ -52,11 +52,11 @@ pub static CONN_UNTRACKED: PerCpuArray<u64, 1> = PerCpuArray::new();
 #[btf_map]
 pub static RETRANSMITS: PerCpuHashMap<u64, u64, COUNTER_MAP_ENTRIES> = PerCpuHashMap::new();
 
-/// pid_tgid -> entry time of the current send/recv-family syscall (tracepoint mode).
+/// `pid_tgid` -> entry time of the current send/recv-family syscall (tracepoint mode).
 #[btf_map]
 pub static SYSCALL_START: LruHashMap<u64, CallStart, COUNTER_MAP_ENTRIES> = LruHashMap::new();
 
-/// pid_tgid -> entry time of the current `tcp_sendmsg` / `tcp_recvmsg` / fault handler call
+/// `pid_tgid` -> entry time of the current `tcp_sendmsg` / `tcp_recvmsg` / fault handler call
 /// (fentry and kprobe modes).
 #[btf_map]
 pub static CALL_START: LruHashMap<u64, CallStart, COUNTER_MAP_ENTRIES> = LruHashMap::new();
@@ -81,10 +81,10 @@ where
     let cgroup_id = event.cgroup_id;
     // SAFETY: the daemon only inserts rings and removes them for dead cgroups; a ring that
     // is removed while we hold it stays alive until this program returns (RCU).
-    if let Some(ring) = unsafe { CGROUP_RINGS.get(&cgroup_id) } {
-        if put(ring, event) {
-            return;
-        }
+    if let Some(ring) = unsafe { CGROUP_RINGS.get(&cgroup_id) }
+        && put(ring, event)
+    {
+        return;
     }
     if !put(&SHARED_RING, event) {
         count_lost(ctx, cgroup_id);

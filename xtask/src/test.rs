@@ -1,5 +1,6 @@
 //! `cargo xtask test`: every test layer, in order, stopping at the first failure.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Result, bail};
@@ -23,9 +24,62 @@ pub fn lint() -> Result<()> {
         "warnings",
     ]))?;
     build_ebpf()?;
+    lint_ebpf()?;
     step("clippy (daemon with the ebpf feature)");
     run(userspace_cargo("clippy").args(["--all-targets", "--", "-D", "warnings"]))?;
     Ok(())
+}
+
+/// rustfmt and clippy pedantic for the kernel programs (a crate of their own, outside the
+/// workspace). Clippy comes from Debian's `rust-web-clippy`, made for the rustc that builds
+/// them; on the rustup path, from nightly.
+fn lint_ebpf() -> Result<()> {
+    let dir = root().join("observer-ebpf");
+    step("rustfmt --check (kernel programs)");
+    run(Command::new("cargo")
+        .current_dir(&dir)
+        .args(["fmt", "--", "--check"]))?;
+    step("clippy pedantic (kernel programs)");
+    let args = ["-D", "warnings", "-W", "clippy::pedantic"].join("__CLIPPY_HACKERY__")
+        + "__CLIPPY_HACKERY__";
+    let mut cmd;
+    match crate::toolchain::ebpf_toolchain()? {
+        crate::toolchain::EbpfToolchain::Debian { rustc, .. } => {
+            let driver = Path::new("/usr/bin/clippy-driver");
+            if !driver.exists() {
+                crate::toolchain::apt_install(
+                    &["rust-web-clippy"],
+                    "clippy for Debian's rustc, to lint the kernel programs",
+                )?;
+            }
+            cmd = Command::new("cargo");
+            cmd.env("RUSTC", rustc)
+                .env("RUSTC_WORKSPACE_WRAPPER", driver)
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("CLIPPY_ARGS", args)
+                .args(["check", "--ignore-rust-version"]);
+        }
+        crate::toolchain::EbpfToolchain::Nightly { .. } => {
+            cmd = Command::new("rustup");
+            cmd.args(["run", "nightly", "cargo", "clippy", "-Z", "build-std=core"]);
+        }
+    }
+    cmd.current_dir(&dir)
+        .env_remove("RUSTFLAGS")
+        .args([
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--target-dir",
+        ])
+        .arg(root().join("target/ebpf-clippy"));
+    if matches!(
+        crate::toolchain::ebpf_toolchain()?,
+        crate::toolchain::EbpfToolchain::Nightly { .. }
+    ) {
+        cmd.args(["--", "-D", "warnings", "-W", "clippy::pedantic"]);
+    }
+    run(&mut cmd)
 }
 
 /// Every test layer.
