@@ -260,3 +260,65 @@ fn a_cgroup_made_again_at_the_same_path_is_not_confused_with_the_old_one() {
         "old cgroup: {sends:?}, made {first}"
     );
 }
+
+/// Cardinality: with `--max-cgroups 3` and five busy client cgroups, at most three cgroups
+/// have series of their own (plus `_other`); a client cgroup with its own series has exact
+/// counts, and the calls of the others are counted under `cgroup="_other"`, not dropped.
+#[test]
+fn cgroups_past_the_limit_are_counted_under_other() {
+    if role().is_some() {
+        return;
+    }
+    let daemon = Daemon::start(&["--probe-mode", &common::mode(), "--max-cgroups", "3"]);
+    let server = delay_server();
+    let cgs: Vec<TestCgroup> = (0..5)
+        .map(|i| TestCgroup::new(&format!("card{i}")))
+        .collect();
+    let clients: Vec<_> = cgs
+        .iter()
+        .map(|cg| {
+            run_role(
+                cg,
+                "role_client",
+                &[
+                    ("SOCKLAT_TEST_ADDR", server.to_string()),
+                    ("SOCKLAT_TEST_DELAYS_US", join(&vec![50; 40])),
+                ],
+            )
+        })
+        .collect();
+    let made: Vec<f64> = clients
+        .into_iter()
+        .map(|c| parse_calls(&role_output(c)).send.len() as f64)
+        .collect();
+    let m = daemon.scrape();
+    let series: std::collections::BTreeSet<&str> =
+        m.0.iter()
+            .filter_map(|(_, l, _)| l.get("cgroup").map(String::as_str))
+            .collect();
+    assert!(
+        series.len() <= 4,
+        "more than 3 cgroups + _other: {series:?}"
+    );
+    let tracked = m.get("socklat_cgroups_tracked", &[]).unwrap();
+    assert!(tracked <= 3.0, "{tracked} tracked");
+    let sends = |cgroup: &str| {
+        m.get(
+            "socklat_tcp_calls_total",
+            &[("cgroup", cgroup), ("call", "sendmsg"), ("result", "ok")],
+        )
+    };
+    let mut unseen = 0.0;
+    for (cg, n) in cgs.iter().zip(&made) {
+        match sends(&cg.label) {
+            Some(got) => assert!((got - n).abs() < 0.5, "{}: {got} of {n}", cg.label),
+            None => unseen += n,
+        }
+    }
+    assert!(unseen > 0.0, "every client cgroup got series: {series:?}");
+    let other = sends("_other").unwrap_or(0.0);
+    assert!(
+        other >= unseen,
+        "_other counts {other} sends, the clients without series made {unseen}"
+    );
+}
