@@ -282,7 +282,7 @@ fn cgroups_past_the_limit_are_counted_under_other() {
                 "role_client",
                 &[
                     ("SOCKLAT_TEST_ADDR", server.to_string()),
-                    ("SOCKLAT_TEST_DELAYS_US", join(&vec![50; 40])),
+                    ("SOCKLAT_TEST_DELAYS_US", join(&[50; 40])),
                 ],
             )
         })
