@@ -234,13 +234,9 @@ fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
                 );
                 assert_eq!(n, Some(0.0), "{call} {other} in {}", cg.label);
             }
+            // The histogram holds exactly the calls counted ok (on this machine: all).
             let hcount = scrape.get("socklat_tcp_call_duration_seconds_count", &base);
-            assert_eq!(
-                hcount,
-                Some(samples.len() as f64),
-                "histogram count {call} {}",
-                cg.label
-            );
+            assert_eq!(hcount, Some(ok), "histogram count {call} {}", cg.label);
             for q in ["0.5", "0.9", "0.99"] {
                 let got = scrape
                     .get(
