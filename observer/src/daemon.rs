@@ -143,6 +143,10 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
         log::warn!("signal not observed: {m}");
     }
 
+    // Loading parsed kernel BTF and the object (tens of MiB, freed by now): give the freed
+    // heap back to the system instead of keeping it resident for the daemon's lifetime.
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe { libc::malloc_trim(0) };
     // Attached: from here on only ring creation and map access, which need CAP_BPF alone.
     // Before any thread starts, so that all inherit the reduced sets.
     match crate::caps::keep_only(&[crate::caps::CAP_BPF]) {
