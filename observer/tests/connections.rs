@@ -18,12 +18,9 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::{
-    Daemon, DropNetns, TestCgroup, free_port, promtool_check, role_output, run_role, run_role_in,
+    Daemon, DropNetns, TestCgroup, free_port, promtool_check, role, role_output, run_role,
+    run_role_in,
 };
-
-fn role() -> Option<String> {
-    std::env::var("SOCKLAT_TEST_ROLE").ok()
-}
 
 fn env(k: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"))

@@ -18,11 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::traffic::{delay_server, delays, join, parse_calls};
-use common::{Daemon, SOCKLAT, TestCgroup, free_port, http_get, quantile, role_output, run_role};
-
-fn role() -> Option<String> {
-    std::env::var("SOCKLAT_TEST_ROLE").ok()
-}
+use common::{
+    Daemon, SOCKLAT, TestCgroup, free_port, http_get, quantile, role, role_output, run_role,
+};
 
 /// Request/response client ([`common::traffic::client`]).
 #[test]

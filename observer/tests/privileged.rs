@@ -15,11 +15,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::traffic::{Measured, delay_server, delays, join, parse_calls};
-use common::{Daemon, TestCgroup, promtool_check, quantile, role_output, run_role};
-
-fn role() -> Option<String> {
-    std::env::var("SOCKLAT_TEST_ROLE").ok()
-}
+use common::{Daemon, TestCgroup, promtool_check, quantile, role, role_output, run_role};
 
 // ------------------------------------------------------------------ worker roles
 // These run only when re-executed by a test with SOCKLAT_TEST_ROLE set, inside a cgroup.

@@ -15,11 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::traffic::{delay_server, join, parse_calls};
-use common::{Daemon, Metrics, TestCgroup, role_output, run_role};
-
-fn role() -> Option<String> {
-    std::env::var("SOCKLAT_TEST_ROLE").ok()
-}
+use common::{Daemon, Metrics, TestCgroup, role, role_output, run_role};
 
 /// Request/response client ([`common::traffic::client`]).
 #[test]

@@ -17,6 +17,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The worker role this process was started for (`SOCKLAT_TEST_ROLE`), if any: every test
+/// binary re-executes itself as worker processes inside cgroups.
+pub fn role() -> Option<String> {
+    std::env::var("SOCKLAT_TEST_ROLE").ok()
+}
+
 /// The probe mode under test: `SOCKLAT_TEST_MODE` (set by `cargo xtask vm-test` in the
 /// kernel matrix), else tracepoint, the only mode this project's machines allow.
 pub fn mode() -> String {
