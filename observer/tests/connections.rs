@@ -284,21 +284,49 @@ fn outcomes_are_exact_per_cgroup_on_both_sides() {
         "error",
         "normal",
     ];
+    // Program runs the kernel skipped (its recursion guard: seen on 7.3, where tracing
+    // programs can be preempted) are counted in socklat_probe_misses_total; on this machine
+    // there must be none. A skipped run can miss one failed call, and so classify its
+    // connection `normal`: below, exactly as many such shortfalls as counted skips are
+    // allowed, and no more.
+    let misses = m.get("socklat_probe_misses_total", &[]).unwrap_or(0.0);
+    if !common::in_vm() {
+        assert!(misses < 0.5, "{misses} probe runs skipped");
+    }
+    let mut budget = misses;
     let mut server_want = std::collections::BTreeMap::new();
     for ((scenario, client_outcome, server_outcome), cg) in scenarios.iter().zip(&cgs) {
-        for o in all {
-            let want = if o == *client_outcome { N as f64 } else { 0.0 };
-            assert_eq!(
-                closed(cg, o),
-                want,
-                "{scenario}: client cgroup {} outcome {o}",
+        let got = closed(cg, client_outcome);
+        let short = N as f64 - got;
+        if short > 0.0 && *client_outcome != "normal" {
+            let normal = closed(cg, "normal");
+            assert!(
+                short <= budget && (normal - short).abs() < 0.5,
+                "{scenario}: {got} of {N} {client_outcome} and {normal} normal in {}, {misses} probe runs skipped",
                 cg.label
             );
+            budget -= short;
+        } else {
+            assert_eq!(
+                got, N as f64,
+                "{scenario}: client cgroup {} outcome {client_outcome}",
+                cg.label
+            );
+        }
+        for o in all {
+            if o != *client_outcome && !(o == "normal" && short > 0.0) {
+                assert_eq!(
+                    closed(cg, o),
+                    0.0,
+                    "{scenario}: client cgroup {} outcome {o}",
+                    cg.label
+                );
+            }
         }
         let abnormal = if *client_outcome == "normal" {
             0.0
         } else {
-            1.0
+            got / N as f64
         };
         let ratio = m.get(
             "socklat_tcp_abnormal_connection_ratio",
@@ -338,7 +366,18 @@ fn outcomes_are_exact_per_cgroup_on_both_sides() {
             ],
         )
         .unwrap_or(0.0);
-    assert_eq!(send_errors, N as f64, "failed sends after the peer's reset");
+    // One skipped run misses both a failed call and the mark it leaves on its connection:
+    // the failed calls have a budget of their own.
+    let mut call_budget = misses;
+    let mut within_budget = |got: f64, what: &str| {
+        let short = N as f64 - got;
+        assert!(
+            short >= 0.0 && short <= call_budget,
+            "{what}: {got} of {N}, {misses} probe runs skipped"
+        );
+        call_budget -= short;
+    };
+    within_budget(send_errors, "failed sends after the peer's reset");
     let recv_errors = m
         .get(
             "socklat_tcp_calls_total",
@@ -349,7 +388,7 @@ fn outcomes_are_exact_per_cgroup_on_both_sides() {
             ],
         )
         .unwrap_or(0.0);
-    assert_eq!(recv_errors, N as f64, "MSG_OOB receive errors");
+    within_budget(recv_errors, "MSG_OOB receive errors");
 }
 
 /// An established connection whose peer goes silent ends in `timeout`, in the client's
