@@ -290,6 +290,7 @@ fn outcomes_are_exact_per_cgroup_on_both_sides() {
     // connection `normal`: below, exactly as many such shortfalls as counted skips are
     // allowed, and no more.
     let misses = m.get("socklat_probe_misses_total", &[]).unwrap_or(0.0);
+    eprintln!("@@probe_misses connections {misses}");
     if !common::in_vm() {
         assert!(misses < 0.5, "{misses} probe runs skipped");
     }
@@ -297,24 +298,21 @@ fn outcomes_are_exact_per_cgroup_on_both_sides() {
     let mut server_want = std::collections::BTreeMap::new();
     for ((scenario, client_outcome, server_outcome), cg) in scenarios.iter().zip(&cgs) {
         let got = closed(cg, client_outcome);
-        let short = N as f64 - got;
-        if short > 0.0 && *client_outcome != "normal" {
-            let normal = closed(cg, "normal");
-            assert!(
-                short <= budget && (normal - short).abs() < 0.5,
-                "{scenario}: {got} of {N} {client_outcome} and {normal} normal in {}, {misses} probe runs skipped",
-                cg.label
-            );
-            budget -= short;
+        let normal = if *client_outcome == "normal" {
+            0.0
         } else {
-            assert_eq!(
-                got, N as f64,
-                "{scenario}: client cgroup {} outcome {client_outcome}",
-                cg.label
-            );
-        }
+            closed(cg, "normal")
+        };
+        // Short: connections missed entirely, or (a failed call missed) closed `normal`.
+        let short = N as f64 - got;
+        assert!(
+            short >= 0.0 && short <= budget && normal <= short,
+            "{scenario}: {got} of {N} {client_outcome} and {normal} normal in {}, {misses} probe runs skipped",
+            cg.label
+        );
+        budget -= short;
         for o in all {
-            if o != *client_outcome && !(o == "normal" && short > 0.0) {
+            if o != *client_outcome && o != "normal" {
                 assert_eq!(
                     closed(cg, o),
                     0.0,
@@ -323,26 +321,38 @@ fn outcomes_are_exact_per_cgroup_on_both_sides() {
                 );
             }
         }
-        let abnormal = if *client_outcome == "normal" {
-            0.0
-        } else {
-            got / N as f64
-        };
         let ratio = m.get(
             "socklat_tcp_abnormal_connection_ratio",
             &[("cgroup", cg.label.as_str())],
         );
-        assert_eq!(ratio, Some(abnormal), "{scenario}: ratio");
+        let abnormal = if *client_outcome == "normal" {
+            0.0
+        } else {
+            got
+        };
+        let total = got + normal;
+        if total > 0.0 {
+            assert_eq!(ratio, Some(abnormal / total), "{scenario}: ratio");
+        }
         if let Some(so) = server_outcome {
             *server_want.entry(*so).or_insert(0.0) += N as f64;
         }
     }
+    let mut server_got = (0.0, 0.0);
     for o in all {
         let want = server_want.get(o).copied().unwrap_or(0.0);
-        assert_eq!(closed(&server_cg, o), want, "server cgroup outcome {o}");
+        let got = closed(&server_cg, o);
+        let short = want - got;
+        assert!(
+            short >= 0.0 && short <= budget,
+            "server cgroup outcome {o}: {got} of {want}, {misses} probe runs skipped"
+        );
+        budget -= short;
+        server_got.1 += got;
+        if o != "normal" {
+            server_got.0 += got;
+        }
     }
-    let server_total: f64 = server_want.values().sum();
-    let server_abnormal = server_total - server_want.get("normal").copied().unwrap_or(0.0);
     let ratio = m
         .get(
             "socklat_tcp_abnormal_connection_ratio",
@@ -350,7 +360,7 @@ fn outcomes_are_exact_per_cgroup_on_both_sides() {
         )
         .unwrap();
     assert!(
-        (ratio - server_abnormal / server_total).abs() < 1e-9,
+        (ratio - server_got.0 / server_got.1).abs() < 1e-9,
         "server ratio {ratio}"
     );
     // The failed calls themselves are counted as call errors.

@@ -213,6 +213,8 @@ fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
             }
             // A probe run the kernel skipped is counted too (all programs together).
             let skipped = scrape.get("socklat_probe_misses_total", &[]).unwrap_or(0.0);
+            // In the serial log of every guest run, to tell skipped runs from other misses.
+            eprintln!("@@probe_misses {} {call} {skipped}", cg.label);
             if !common::in_vm() {
                 assert!(skipped < 0.5, "{skipped} probe runs skipped");
             }
