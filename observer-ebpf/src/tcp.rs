@@ -115,6 +115,15 @@ fn sock_length(ctx: &TracePointContext, kind: EventKind) {
     if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
         return;
     }
+    // SAFETY: the record's `sk` field (offset 8, checked with the others).
+    let sk = unsafe { rec.add(TP_SK).cast::<u64>().read() };
+    socket_call_returned(ctx, kind, sk, ret);
+}
+
+/// A TCP socket call of the current thread returned `ret`: times it from the entry of its
+/// syscall (recorded by `socklat_sys_enter`) and marks the connection of a failed call.
+#[inline(always)]
+fn socket_call_returned(ctx: &impl EbpfContext, kind: EventKind, sk: u64, ret: i32) {
     let Some(start) = SYSCALL_START.get_ptr_mut(&bpf_get_current_pid_tgid()) else {
         return;
     };
@@ -124,8 +133,7 @@ fn sock_length(ctx: &TracePointContext, kind: EventKind) {
         return;
     }
     if ret < 0 && ret != -EAGAIN {
-        // SAFETY: the record's `sk` field (offset 8, checked with the others).
-        conn::call_error(unsafe { rec.add(TP_SK).cast::<u64>().read() });
+        conn::call_error(sk);
     }
     let t = now();
     let duration = t.saturating_sub(start.ts);
@@ -145,24 +153,9 @@ fn raw_sock_length(ctx: &RawTracePointContext, kind: EventKind) {
         reason = "the int argument, sign-extended"
     )]
     let ret = ctx.arg::<u64>(1) as i32;
-    if !conn::is_tcp(sk) {
-        return;
+    if conn::is_tcp(sk) {
+        socket_call_returned(ctx, kind, sk, ret);
     }
-    let Some(start) = SYSCALL_START.get_ptr_mut(&bpf_get_current_pid_tgid()) else {
-        return;
-    };
-    // SAFETY: a value of our own map; only this thread writes its own entry.
-    let start = unsafe { &mut *start };
-    if start.ts == 0 {
-        return;
-    }
-    if ret < 0 && ret != -EAGAIN {
-        conn::call_error(sk);
-    }
-    let t = now();
-    let duration = t.saturating_sub(start.ts);
-    start.ts = t;
-    send_event(ctx, kind, duration, ret);
 }
 
 #[raw_tracepoint(tracepoint = "sock_send_length")]

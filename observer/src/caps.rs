@@ -9,7 +9,10 @@ use std::io;
 
 /// `CAP_BPF` (Linux >= 5.8).
 pub const CAP_BPF: u32 = 39;
+/// `CAP_PERFMON` (Linux >= 5.8).
+pub const CAP_PERFMON: u32 = 38;
 const CAP_SETPCAP: u32 = 8;
+const CAP_SYS_ADMIN: u32 = 21;
 /// Above every capability a kernel has (40 on 6.x); unknown ones answer EINVAL.
 const CAP_LAST: u32 = 64;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
@@ -45,6 +48,14 @@ fn get() -> io::Result<[Data; 2]> {
 
 fn has(d: &[Data; 2], cap: u32, f: impl Fn(&Data) -> u32) -> bool {
     f(&d[(cap / 32) as usize]) & (1 << (cap % 32)) != 0
+}
+
+/// Whether this thread may use `cap` (it is effective, or `CAP_SYS_ADMIN`, which implies
+/// `CAP_BPF` and `CAP_PERFMON`, is); `None` when the kernel does not say.
+#[must_use]
+pub fn effective(cap: u32) -> Option<bool> {
+    let d = get().ok()?;
+    Some(has(&d, cap, |d| d.effective) || has(&d, CAP_SYS_ADMIN, |d| d.effective))
 }
 
 /// Keeps only `keep` (which must be held now): clears the bounding set of every other

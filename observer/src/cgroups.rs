@@ -160,6 +160,7 @@ impl Resolver {
         }
         let names = source.names();
         for (id, l) in &mut self.cache {
+            // Kubernetes paths only (a removed cgroup's relabelled path is none any more).
             if parse_kubernetes(&l.cgroup).is_some() {
                 let fresh = named_labels(&l.cgroup, names);
                 if fully_named(&fresh) {
@@ -186,7 +187,7 @@ impl Resolver {
             return l;
         };
         let l = named_labels(rel, source.names());
-        if parse_kubernetes(rel).is_some() && !fully_named(&l) {
+        if !l.pod.is_empty() && !fully_named(&l) {
             source.nudge();
             self.unnamed.insert(id, Instant::now());
         }

@@ -29,36 +29,29 @@ fn raise_memlock() {
     }
 }
 
-/// Why BPF may be refused, from /proc/self/status: the capabilities this process lacks
-/// (`CapEff`), else a seccomp filter (`Seccomp: 2`).
+/// Why BPF may be refused: the capabilities this process lacks, else a seccomp filter
+/// (`Seccomp: 2` in /proc/self/status).
 fn refusal_hint() -> Option<String> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    let eff = u64::from_str_radix(field("CapEff:")?, 16).ok()?;
-    let has = |cap: u32| eff & (1 << cap) != 0 || eff & (1 << CAP_SYS_ADMIN) != 0;
+    use crate::caps::{CAP_BPF, CAP_PERFMON, effective};
     let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
         .into_iter()
-        .filter(|(c, _)| !has(*c))
+        .filter(|(c, _)| effective(*c) == Some(false))
         .map(|(_, n)| n)
         .collect();
     if !missing.is_empty() {
         return Some(format!("this process lacks {}", missing.join(" and ")));
     }
-    (field("Seccomp:") == Some("2")).then(|| {
-        "this process has CAP_BPF and CAP_PERFMON but runs under a seccomp filter, which \
-         is then what refuses bpf(): the container's profile must allow bpf and \
-         perf_event_open (recent containerd, CRI-O and Docker defaults do for CAP_BPF and \
-         CAP_PERFMON)"
-            .to_string()
-    })
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .any(|l| l.strip_prefix("Seccomp:").map(str::trim) == Some("2"))
+        .then(|| {
+            "this process has CAP_BPF and CAP_PERFMON but runs under a seccomp filter, which \
+             is then what refuses bpf(): the container's profile must allow bpf and \
+             perf_event_open (recent containerd, CRI-O and Docker defaults do for CAP_BPF and \
+             CAP_PERFMON)"
+                .to_string()
+        })
 }
 
 fn classify_load_error(e: Error) -> Error {

@@ -27,31 +27,34 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(2);
 /// is recognisably a Kubernetes container (names come from a [`NameSource`]).
 #[must_use]
 pub fn labels_for(path: &str) -> Labels {
-    let k = parse_kubernetes(path);
-    Labels {
-        cgroup: path.to_string(),
-        namespace: String::new(),
-        pod: k.as_ref().map(|k| k.pod_uid.clone()).unwrap_or_default(),
-        container: k.map(|k| k.container_id).unwrap_or_default(),
-    }
+    named_labels(path, &Names::default())
 }
 
 /// Labels for a cgroup path with names filled from `names` where it knows the pod (and the
-/// container). Without names, pod and container carry the UID and id from the path.
+/// container). Without names, pod and container carry the UID and id from the path; a
+/// Kubernetes path always has a non-empty `pod`, any other path an empty one.
 #[must_use]
 pub fn named_labels(path: &str, names: &Names) -> Labels {
-    let mut l = labels_for(path);
+    let mut l = Labels {
+        cgroup: path.to_string(),
+        ..Labels::default()
+    };
     let Some(k) = parse_kubernetes(path) else {
         return l;
     };
-    if let Some(p) = names.pods.get(&k.pod_uid) {
-        l.namespace = p.namespace.to_string();
-        l.pod = p.pod.to_string();
-    }
     if let Some(c) = names.containers.get(&k.container_id) {
         l.namespace = c.namespace.to_string();
         l.pod = c.pod.to_string();
         l.container = c.container.to_string();
+        return l;
+    }
+    l.container = k.container_id;
+    match names.pods.get(&k.pod_uid) {
+        Some(p) => {
+            l.namespace = p.namespace.to_string();
+            l.pod = p.pod.to_string();
+        }
+        None => l.pod = k.pod_uid,
     }
     l
 }

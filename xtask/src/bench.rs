@@ -52,9 +52,9 @@ tracepoint:sock:sock_recv_length /args->protocol == 6 && @start[tid]/
 { @recv[cgroup] = hist(nsecs - @start[tid]); @start[tid] = nsecs; }
 ";
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// An echo server on loopback: answers every `len`-byte message with the same bytes.
@@ -291,16 +291,18 @@ pub(crate) fn stop(obs: Observer) {
 /// (events received, lost) from a daemon's /metrics.
 fn daemon_counts(addr: SocketAddr) -> (f64, f64) {
     let text = http_get(addr, "/metrics").unwrap_or_default();
-    let sum = |prefix: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
     (
-        sum("socklat_events_total{"),
-        sum("socklat_ringbuf_lost_events_total{"),
+        metric_sum(&text, "socklat_events_total{"),
+        metric_sum(&text, "socklat_ringbuf_lost_events_total{"),
     )
+}
+
+/// The sum of the samples whose line starts with `prefix` in an exposition text.
+pub(crate) fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// KiB to MiB for the report.

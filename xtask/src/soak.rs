@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::bench::{
-    Observer, cgroup2_root, echo_server, http_get, mib, move_self, rss_kib, start_socklat, stop,
+    Observer, cgroup2_root, echo_server, http_get, median, metric_sum, mib, move_self, rss_kib,
+    start_socklat, stop,
 };
 use crate::build::build_daemon;
 use crate::util::{is_root, root, step};
@@ -47,13 +48,6 @@ struct Sample {
     cgroups_made: u64,
 }
 
-fn metric_sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Least-squares slope of `y` over `x`.
 fn slope(points: &[(f64, f64)]) -> f64 {
     #[expect(clippy::cast_precision_loss, reason = "a few hundred samples")]
@@ -63,11 +57,6 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     let num: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let den: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
     if den == 0.0 { 0.0 } else { num / den }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Two connections making `rate` request/responses per second in total until `stop`.

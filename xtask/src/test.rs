@@ -42,8 +42,10 @@ fn lint_ebpf() -> Result<()> {
     step("clippy pedantic (kernel programs)");
     let args = ["-D", "warnings", "-W", "clippy::pedantic"].join("__CLIPPY_HACKERY__")
         + "__CLIPPY_HACKERY__";
+    let toolchain = crate::toolchain::ebpf_toolchain()?;
+    let nightly = matches!(toolchain, crate::toolchain::EbpfToolchain::Nightly { .. });
     let mut cmd;
-    match crate::toolchain::ebpf_toolchain()? {
+    match toolchain {
         crate::toolchain::EbpfToolchain::Debian { rustc, .. } => {
             let driver = Path::new("/usr/bin/clippy-driver");
             if !driver.exists() {
@@ -73,10 +75,7 @@ fn lint_ebpf() -> Result<()> {
             "--target-dir",
         ])
         .arg(root().join("target/ebpf-clippy"));
-    if matches!(
-        crate::toolchain::ebpf_toolchain()?,
-        crate::toolchain::EbpfToolchain::Nightly { .. }
-    ) {
+    if nightly {
         cmd.args(["--", "-D", "warnings", "-W", "clippy::pedantic"]);
     }
     run(&mut cmd)
