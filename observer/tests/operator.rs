@@ -17,10 +17,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::traffic::{delay_server, delays, join, parse_calls};
-use common::{
-    Daemon, SOCKLAT, TestCgroup, free_port, http_get, quantile, role, role_output, run_role,
-};
+use common::traffic::{delay_server, delays, parse_calls, run_client, start_client};
+use common::{Daemon, SOCKLAT, TestCgroup, free_port, http_get, quantile, role, role_output};
 
 /// Request/response client ([`common::traffic::client`]).
 #[test]
@@ -62,15 +60,7 @@ fn top_once_shows_each_cgroups_numbers() {
     let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
     let server = delay_server();
     let cg = TestCgroup::new("top");
-    let c = run_role(
-        &cg,
-        "role_client",
-        &[
-            ("SOCKLAT_TEST_ADDR", server.to_string()),
-            ("SOCKLAT_TEST_DELAYS_US", join(&delays(200, 1500, 4000, 11))),
-        ],
-    );
-    let m = parse_calls(&role_output(c));
+    let m = run_client(&cg, server, &delays(200, 1500, 4000, 11));
     let scrape = daemon.scrape();
     let row = top_row(&daemon, &cg.label);
     // NAME, SEND P50 P90 P99, RECV P50 P90 P99, CALLS/S, ABNORMAL, FAULTS/S, LOST
@@ -109,14 +99,7 @@ fn top_once_shows_each_cgroups_numbers() {
     assert_eq!(row[10], "0", "lost events");
 
     // While a client runs, calls per second are counted over the interval.
-    let busy = run_role(
-        &cg,
-        "role_client",
-        &[
-            ("SOCKLAT_TEST_ADDR", server.to_string()),
-            ("SOCKLAT_TEST_DELAYS_US", join(&[1000; 2000])),
-        ],
-    );
+    let busy = start_client(&cg, server, &[1000; 2000]);
     std::thread::sleep(Duration::from_millis(300));
     let row = top_row(&daemon, &cg.label);
     let per_sec: f64 = row[7].parse().unwrap();
@@ -278,15 +261,7 @@ fn prometheus_agrees_and_the_dashboard_and_alerts_work() {
     let prom = Prometheus::start(daemon.addr);
     let server = delay_server();
     let cg = TestCgroup::new("prom");
-    let c = run_role(
-        &cg,
-        "role_client",
-        &[
-            ("SOCKLAT_TEST_ADDR", server.to_string()),
-            ("SOCKLAT_TEST_DELAYS_US", join(&delays(300, 500, 8000, 5))),
-        ],
-    );
-    let m = parse_calls(&role_output(c));
+    let m = run_client(&cg, server, &delays(300, 500, 8000, 5));
     let sel = |call: &str| format!("cgroup=\"{}\",call=\"{call}\"", cg.label);
     wait_for("prometheus has the final counts", 20, || {
         prom.query(&format!(

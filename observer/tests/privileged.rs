@@ -14,7 +14,7 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::traffic::{Measured, delay_server, delays, join, parse_calls};
+use common::traffic::{Measured, delay_server, delays, parse_calls, run_client, start_client};
 use common::{Daemon, TestCgroup, promtool_check, quantile, role, role_output, run_role};
 
 // ------------------------------------------------------------------ worker roles
@@ -86,15 +86,7 @@ fn events_arrive_through_the_ring_buffers() {
     let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
     let server = delay_server();
     let cg = TestCgroup::new("smoke");
-    let client = run_role(
-        &cg,
-        "role_client",
-        &[
-            ("SOCKLAT_TEST_ADDR", server.to_string()),
-            ("SOCKLAT_TEST_DELAYS_US", join(&[100; 50])),
-        ],
-    );
-    let m = parse_calls(&role_output(client));
+    let m = run_client(&cg, server, &[100; 50]);
     let scrape = daemon.scrape();
     let l = [("cgroup", cg.label.as_str())];
     let sends = scrape.get(
@@ -157,10 +149,6 @@ fn tolerance(want: f64) -> (f64, f64) {
 /// value's bucket, at most 1% above; the rest covers a preemption between the tracepoint
 /// and the user-space clock read on this 2-core machine.
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "two cgroups, two calls, every check in one place"
-)]
 fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
     if role().is_some() {
         return;
@@ -171,22 +159,8 @@ fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
     let slow = TestCgroup::new("slow");
     let fast_delays = delays(400, 1_000, 3_000, 0x1234_5678);
     let slow_delays = delays(120, 10_000, 30_000, 0x9abc_def0);
-    let c1 = run_role(
-        &fast,
-        "role_client",
-        &[
-            ("SOCKLAT_TEST_ADDR", server.to_string()),
-            ("SOCKLAT_TEST_DELAYS_US", join(&fast_delays)),
-        ],
-    );
-    let c2 = run_role(
-        &slow,
-        "role_client",
-        &[
-            ("SOCKLAT_TEST_ADDR", server.to_string()),
-            ("SOCKLAT_TEST_DELAYS_US", join(&slow_delays)),
-        ],
-    );
+    let c1 = start_client(&fast, server, &fast_delays);
+    let c2 = start_client(&slow, server, &slow_delays);
     let measured = [
         (&fast, parse_calls(&role_output(c1))),
         (&slow, parse_calls(&role_output(c2))),
@@ -568,16 +542,7 @@ fn dead_cgroups_are_dropped_after_the_ttl() {
             .collect();
         let clients: Vec<_> = cgs
             .iter()
-            .map(|cg| {
-                run_role(
-                    cg,
-                    "role_client",
-                    &[
-                        ("SOCKLAT_TEST_ADDR", server.to_string()),
-                        ("SOCKLAT_TEST_DELAYS_US", join(&[50; 10])),
-                    ],
-                )
-            })
+            .map(|cg| start_client(cg, server, &[50; 10]))
             .collect();
         let made: Vec<Measured> = clients
             .into_iter()
@@ -664,15 +629,7 @@ fn drops_every_capability_but_cap_bpf_after_attaching() {
     }
     let server = delay_server();
     let cg = TestCgroup::new("after-drop");
-    let client = run_role(
-        &cg,
-        "role_client",
-        &[
-            ("SOCKLAT_TEST_ADDR", server.to_string()),
-            ("SOCKLAT_TEST_DELAYS_US", join(&[100; 300])),
-        ],
-    );
-    let m = parse_calls(&role_output(client));
+    let m = run_client(&cg, server, &[100; 300]);
     let scrape = daemon.scrape();
     for (call, n) in [("sendmsg", m.send.len()), ("recvmsg", m.recv.len())] {
         let got = scrape.get(
@@ -732,15 +689,7 @@ fn runs_with_only_cap_bpf_and_cap_perfmon() {
     }
     let server = delay_server();
     let cg = TestCgroup::new("lowpriv");
-    let client = run_role(
-        &cg,
-        "role_client",
-        &[
-            ("SOCKLAT_TEST_ADDR", server.to_string()),
-            ("SOCKLAT_TEST_DELAYS_US", join(&[100; 20])),
-        ],
-    );
-    let m = parse_calls(&role_output(client));
+    let m = run_client(&cg, server, &[100; 20]);
     let scrape = daemon.scrape();
     let sends = scrape.get(
         "socklat_tcp_calls_total",
@@ -815,15 +764,7 @@ fn kubernetes_cgroups_are_named_from_the_kubelet_logs() {
     let server = delay_server();
     let mut calls = Vec::new();
     for cg in [&a, &b] {
-        let c = run_role(
-            cg,
-            "role_client",
-            &[
-                ("SOCKLAT_TEST_ADDR", server.to_string()),
-                ("SOCKLAT_TEST_DELAYS_US", join(&[50; 20])),
-            ],
-        );
-        calls.push(parse_calls(&role_output(c)).send.len() as f64);
+        calls.push(run_client(cg, server, &[50; 20]).send.len() as f64);
     }
     let sends = |m: &common::Metrics, cg: &TestCgroup, ns: &str, pod: &str, container: &str| {
         m.get(

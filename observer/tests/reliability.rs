@@ -14,8 +14,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::traffic::{delay_server, join, parse_calls};
-use common::{Daemon, Metrics, TestCgroup, role, role_output, run_role};
+use common::traffic::{delay_server, parse_calls, run_client, start_client};
+use common::{Daemon, Metrics, TestCgroup, role, role_output};
 
 /// Request/response client ([`common::traffic::client`]).
 #[test]
@@ -79,15 +79,7 @@ fn a_burst_into_tiny_rings_is_accounted_for_exactly_and_the_daemon_recovers() {
     let server = delay_server();
     let cg = TestCgroup::new("burst");
     let client = |n: usize| {
-        let c = run_role(
-            &cg,
-            "role_client",
-            &[
-                ("SOCKLAT_TEST_ADDR", server.to_string()),
-                ("SOCKLAT_TEST_DELAYS_US", join(&vec![0; n])),
-            ],
-        );
-        let m = parse_calls(&role_output(c));
+        let m = run_client(&cg, server, &vec![0; n]);
         (m.send.len() + m.recv.len()) as f64
     };
     // Warm up: the cgroup is admitted and gets its ring.
@@ -135,14 +127,7 @@ fn concurrent_scrapes_lose_nothing_and_do_not_stall_the_event_path() {
     let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
     let server = delay_server();
     let cg = TestCgroup::new("scraped");
-    let c = run_role(
-        &cg,
-        "role_client",
-        &[
-            ("SOCKLAT_TEST_ADDR", server.to_string()),
-            ("SOCKLAT_TEST_DELAYS_US", join(&vec![300; 6000])),
-        ],
-    );
+    let c = start_client(&cg, server, &vec![300; 6000]);
     let wrk = Command::new("wrk")
         .args(["-t2", "-c32", "-d4s", "--timeout", "5s"])
         .arg(format!("http://{}/metrics", daemon.addr))
@@ -208,17 +193,7 @@ fn a_cgroup_made_again_at_the_same_path_is_not_confused_with_the_old_one() {
     }
     let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
     let server = delay_server();
-    let calls = |cg: &TestCgroup, n: usize| {
-        let c = run_role(
-            cg,
-            "role_client",
-            &[
-                ("SOCKLAT_TEST_ADDR", server.to_string()),
-                ("SOCKLAT_TEST_DELAYS_US", join(&vec![50; n])),
-            ],
-        );
-        parse_calls(&role_output(c)).send.len() as f64
-    };
+    let calls = |cg: &TestCgroup, n: usize| run_client(cg, server, &vec![50; n]).send.len() as f64;
     let old = TestCgroup::new("reused");
     let (old_id, label) = (old.id(), old.label.clone());
     let first = calls(&old, 10);
@@ -272,16 +247,7 @@ fn cgroups_past_the_limit_are_counted_under_other() {
         .collect();
     let clients: Vec<_> = cgs
         .iter()
-        .map(|cg| {
-            run_role(
-                cg,
-                "role_client",
-                &[
-                    ("SOCKLAT_TEST_ADDR", server.to_string()),
-                    ("SOCKLAT_TEST_DELAYS_US", join(&[50; 40])),
-                ],
-            )
-        })
+        .map(|cg| start_client(cg, server, &[50; 40]))
         .collect();
     let made: Vec<f64> = clients
         .into_iter()

@@ -3,7 +3,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Child;
 use std::time::{Duration, Instant};
+
+use super::{TestCgroup, role_output, run_role};
 
 /// Bytes of each answer.
 pub const RESPONSE_LEN: usize = 32;
@@ -108,4 +111,22 @@ pub fn parse_calls(lines: &[String]) -> Measured {
 
 pub fn join(d: &[u32]) -> String {
     d.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Starts the client role in `cg` against `server`, one request per delay (microseconds);
+/// several can run at once. [`parse_calls`] of its [`role_output`] gives what it measured.
+pub fn start_client(cg: &TestCgroup, server: SocketAddr, delays: &[u32]) -> Child {
+    run_role(
+        cg,
+        "role_client",
+        &[
+            ("SOCKLAT_TEST_ADDR", server.to_string()),
+            ("SOCKLAT_TEST_DELAYS_US", join(delays)),
+        ],
+    )
+}
+
+/// Runs the client role to its end; the calls it made, as it timed them.
+pub fn run_client(cg: &TestCgroup, server: SocketAddr, delays: &[u32]) -> Measured {
+    parse_calls(&role_output(start_client(cg, server, delays)))
 }
