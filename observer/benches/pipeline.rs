@@ -63,22 +63,21 @@ fn main() {
     println!("@pipeline_per_cgroup_ring_events_per_sec {rate:.0}");
 
     // Shared ring: cgroup looked up per event.
-    let mixed: Vec<Event> = per_cgroup
+    let mixed: Vec<[u8; observer_common::EVENT_SIZE]> = per_cgroup
         .iter()
-        .flat_map(|v| v.iter().take(64))
-        .map(|r| Event::from_bytes(r).unwrap())
+        .flat_map(|v| v.iter().take(64).copied())
         .collect();
     let mut n: u64 = 0;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(2) {
         let epoch = agg.epoch(start.elapsed());
-        for e in &mixed {
-            agg.record_shared(e, epoch);
+        for r in &mixed {
+            agg.push_shared(r, epoch);
         }
         n += mixed.len() as u64;
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
     println!("@pipeline_shared_ring_events_per_sec {rate:.0}");
     // Keep the work observable.
-    println!("@received {}", agg.received());
+    println!("@received {}", agg.intake().received);
 }

@@ -1,13 +1,15 @@
-//! The command line of design.md. Every flag also reads `SOCKLAT_<FLAG>` from the
-//! environment. Values are validated here, so that a bad one gets one clear line.
+//! The command line (docs/design.md). Every flag also reads `SOCKLAT_<FLAG>` from the
+//! environment. Values are validated while parsing, so that a bad one gets one clear line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-use crate::aggregate::Signal;
+use crate::probe_mode::ProbeMode;
+use crate::signal::Signal;
+use crate::units::{parse_duration, parse_ring_size};
 
 /// eBPF TCP socket latency, connection outcome and page fault observer, per cgroup.
 #[derive(Parser, Debug, Clone)]
@@ -30,7 +32,7 @@ pub struct Cli {
     #[arg(long, env = "SOCKLAT_PROBE_MODE", value_enum, default_value_t = ProbeMode::Auto)]
     pub probe_mode: ProbeMode,
 
-    /// Window of the quantiles and the abnormal-connection ratio (e.g. 60s, 5m, 500ms).
+    /// Window of the quantiles and the abnormal-connection ratio (e.g. 60s, 5m, 1500ms).
     #[arg(long, env = "SOCKLAT_WINDOW", default_value = "60s", value_parser = parse_duration)]
     pub window: Duration,
 
@@ -49,7 +51,7 @@ pub struct Cli {
 
     /// Signals to enable, comma separated: sendmsg, recvmsg, connections, pagefaults.
     #[arg(long, env = "SOCKLAT_SIGNALS", value_delimiter = ',',
-          default_value = "sendmsg,recvmsg,connections,pagefaults", value_parser = parse_signal)]
+          default_value = "sendmsg,recvmsg,connections,pagefaults", value_parser = Signal::parse)]
     pub signals: Vec<Signal>,
 
     /// How long a removed cgroup keeps its series (and the daemon its ring) after its last
@@ -89,101 +91,6 @@ pub enum Command {
     Top(crate::top::TopArgs),
 }
 
-/// How the kernel side is attached.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeMode {
-    /// The best mode that loads and attaches, per signal: fentry, then kprobe, then tracepoint.
-    Auto,
-    /// fentry/fexit (BTF trampolines).
-    Fentry,
-    /// kprobe/kretprobe.
-    Kprobe,
-    /// Tracepoints only (Linux >= 6.3 for the socket call signals).
-    Tracepoint,
-}
-
-impl ProbeMode {
-    /// The mode's name as exported in `socklat_probe_info{mode}`.
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            ProbeMode::Auto => "auto",
-            ProbeMode::Fentry => "fentry",
-            ProbeMode::Kprobe => "kprobe",
-            ProbeMode::Tracepoint => "tracepoint",
-        }
-    }
-}
-
-/// Parses `60s`, `500ms`, `5m`, `1h`, `2s500ms` is not accepted: one number, one unit.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("'{s}' has no unit: write e.g. 60s, 500ms, 5m or 1h"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' does not start with a whole number (e.g. 60s)"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("unknown unit '{unit}' in '{s}': use ms, s, m or h")),
-    };
-    if d < Duration::from_secs(1) || d > Duration::from_hours(24) {
-        return Err(format!(
-            "'{s}' is out of range: the window must be from 1s to 24h"
-        ));
-    }
-    Ok(d)
-}
-
-/// Parses a ring size: bytes, or with a K or M suffix (KiB, MiB).
-pub fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let t = s.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix("KiB").or_else(|| t.strip_suffix('K')) {
-        (n, 1024u64)
-    } else if let Some(n) = t.strip_suffix("MiB").or_else(|| t.strip_suffix('M')) {
-        (n, 1024 * 1024)
-    } else {
-        (t, 1)
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size in bytes (e.g. 262144 or 256K)"))?;
-    let bytes = n.saturating_mul(mult);
-    let page = page_size();
-    if !bytes.is_power_of_two() || bytes % page != 0 {
-        return Err(format!(
-            "{bytes} bytes is not a power of two and a multiple of the page size ({page}): try 256K"
-        ));
-    }
-    if bytes > 1 << 30 {
-        return Err(format!(
-            "{bytes} bytes is more than the 1 GiB a ring may have"
-        ));
-    }
-    u32::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large"))
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(n).unwrap_or(4096)
-}
-
-/// Parses one signal name.
-pub fn parse_signal(s: &str) -> Result<Signal, String> {
-    Signal::ALL
-        .into_iter()
-        .find(|sig| sig.name() == s.trim())
-        .ok_or_else(|| {
-            format!("unknown signal '{s}': use sendmsg, recvmsg, connections, pagefaults")
-        })
-}
-
 impl Cli {
     /// Whether a signal is enabled.
     #[must_use]
@@ -214,37 +121,6 @@ mod tests {
         assert!(c.command.is_none());
         assert_eq!(c.cgroup_root, None);
         assert_eq!(c.kubelet_log_dir, None);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(
-            parse_duration("500ms"),
-            Err("'500ms' is out of range: the window must be from 1s to 24h".into())
-        );
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_mins(5)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_hours(1)));
-        assert!(parse_duration("60").unwrap_err().contains("no unit"));
-        assert!(parse_duration("60x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("99999999999999999999s").is_err());
-    }
-
-    #[test]
-    fn ring_sizes() {
-        assert_eq!(parse_ring_size("256K"), Ok(262_144));
-        assert_eq!(parse_ring_size("1M"), Ok(1 << 20));
-        assert_eq!(parse_ring_size("65536"), Ok(65536));
-        assert!(
-            parse_ring_size("100000")
-                .unwrap_err()
-                .contains("power of two")
-        );
-        assert!(parse_ring_size("1024").unwrap_err().contains("page size"));
-        assert!(parse_ring_size("4G").is_err());
-        assert!(parse_ring_size("2048M").unwrap_err().contains("1 GiB"));
-        assert!(parse_ring_size("-1").is_err());
     }
 
     #[test]

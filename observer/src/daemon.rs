@@ -4,11 +4,14 @@
 use std::sync::Arc;
 
 use crate::cgroups::{Resolver, cgroup2_mount, check_cgroup2_root};
-use crate::cli::{Cli, ProbeMode};
-use crate::error::Error;
+use crate::cli::Cli;
+use crate::collector::{self, Maps, Settings};
+use crate::error::{Error, has_errno};
+use crate::kernel::attach::Choice;
+use crate::kernel::caps::{self, CAP_BPF, CAP_PERFMON};
+use crate::kernel::load::{self, LoadError};
 use crate::kube::NameSource;
-use crate::loader::{self, Choice};
-use crate::rings::{self, Parts, Settings};
+use crate::probe_mode::ProbeMode;
 
 /// Size of the shared ring: it carries every cgroup's events until the cgroup has a ring
 /// of its own, and all events of cgroups over `--max-cgroups`.
@@ -32,10 +35,9 @@ fn raise_memlock() {
 /// Why BPF may be refused: the capabilities this process lacks, else a seccomp filter
 /// (`Seccomp: 2` in /proc/self/status).
 fn refusal_hint() -> Option<String> {
-    use crate::caps::{CAP_BPF, CAP_PERFMON, effective};
     let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
         .into_iter()
-        .filter(|(c, _)| effective(*c) == Some(false))
+        .filter(|(c, _)| caps::effective(*c) == Some(false))
         .map(|(_, n)| n)
         .collect();
     if !missing.is_empty() {
@@ -54,15 +56,15 @@ fn refusal_hint() -> Option<String> {
         })
 }
 
-fn classify_load_error(e: Error) -> Error {
-    match e {
-        Error::Load(s) if s.contains("Operation not permitted") || s.contains("EPERM") => {
-            Error::Privileges(match refusal_hint() {
-                Some(hint) => format!("{hint}; {s}"),
-                None => s,
-            })
+/// A load error whose cause is EPERM is a matter of privileges: say which.
+fn classify_load_error(e: LoadError) -> Error {
+    if has_errno(&e, libc::EPERM) {
+        Error::Privileges {
+            hint: refusal_hint(),
+            source: e,
         }
-        e => e,
+    } else {
+        Error::Load(e)
     }
 }
 
@@ -93,12 +95,14 @@ fn print_check(cli: &Cli, cgroup_root: &std::path::Path, choices: &[Choice]) {
 }
 
 /// Runs the daemon; returns the process exit code.
+///
+/// # Errors
+/// What stops the daemon from starting, named so that the operator knows what to do.
 pub fn run(cli: &Cli) -> Result<i32, Error> {
     let cgroup_root = match &cli.cgroup_root {
         Some(p) => check_cgroup2_root(p),
         None => cgroup2_mount(),
-    }
-    .map_err(Error::NoCgroup2)?;
+    }?;
     // Bind first: a port in use is reported before anything is loaded.
     let listener = if cli.check {
         None
@@ -112,7 +116,7 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
     };
     raise_memlock();
     let mut loaded =
-        loader::load(cli, shared_ring_size(cli.ring_size)).map_err(classify_load_error)?;
+        load::load(cli, shared_ring_size(cli.ring_size)).map_err(classify_load_error)?;
     let missing: Vec<String> = loaded
         .choices
         .iter()
@@ -127,10 +131,7 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
     if loaded.choices.iter().all(|c| c.mode.is_none())
         || (cli.probe_mode != ProbeMode::Auto && !missing.is_empty())
     {
-        return Err(Error::NotAttached(format!(
-            "required probes did not attach:\n  {}",
-            missing.join("\n  ")
-        )));
+        return Err(Error::NotAttached(missing));
     }
     for m in &missing {
         log::warn!("signal not observed: {m}");
@@ -142,19 +143,19 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
     unsafe { libc::malloc_trim(0) };
     // Attached: from here on only ring creation and map access, which need CAP_BPF alone.
     // Before any thread starts, so that all inherit the reduced sets.
-    match crate::caps::keep_only(&[crate::caps::CAP_BPF]) {
+    match caps::keep_only(&[CAP_BPF]) {
         Ok(()) => log::info!("probes attached; capabilities dropped to CAP_BPF"),
         Err(e) => log::warn!("could not drop capabilities after attaching: {e}"),
     }
     let resolver = resolver(cli, cgroup_root)?;
-    let parts = Parts::take(&mut loaded.ebpf)?;
+    let maps = Maps::take(&mut loaded.ebpf)?;
     let probes = loaded
         .choices
         .iter()
         .filter_map(|c| c.mode.map(|m| (c.signal, m)))
         .collect();
-    let (handle, collector) = rings::spawn(
-        parts,
+    let (handle, collector) = collector::spawn(
+        maps,
         Settings {
             programs: std::mem::take(&mut loaded.programs),
             max_cgroups: usize::try_from(cli.max_cgroups).unwrap_or(usize::MAX),

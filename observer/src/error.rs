@@ -1,46 +1,84 @@
-//! Errors the daemon reports to the operator: each names what failed and what to do.
+//! Errors the daemon reports to the operator: each names what failed and what to do. Each
+//! module has its own error type (`BtfError`, `MountError`, `AttachError`, ...); this is
+//! the daemon's top level, and [`chain`], which prints an error with its sources.
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+
+/// An error and its sources on one line: `a: b: c`.
+#[must_use]
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let _ = write!(s, ": {inner}");
+        src = inner.source();
+    }
+    s
+}
+
+/// Whether `e` or one of its sources is an operating system error `errno`.
+#[must_use]
+pub fn has_errno(e: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(errno))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
 
 /// A fatal daemon error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The kernel object given with --ebpf-object cannot be read.
-    #[error("cannot read the kernel object {path}: {source}")]
-    Object {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// Creating maps or loading the object failed.
-    #[error("cannot load the kernel object: {0}")]
-    Load(String),
-    /// The process lacks the privileges to use BPF.
-    #[error(
-        "permission denied using BPF: run as root or with CAP_BPF and CAP_PERFMON \
-         (plus CAP_SYS_RESOURCE before Linux 5.11); detail: {0}"
-    )]
-    Privileges(String),
-    /// A map the daemon needs is not in the object.
-    #[error("map {0} is missing from the kernel object (was it built from this source?)")]
-    MissingMap(&'static str),
-    /// A map has an unexpected shape.
-    #[error("map {0}: {1}")]
-    Map(&'static str, String),
-    /// An operating system call failed.
-    #[error("{0}: {1}")]
-    Io(&'static str, std::io::Error),
+    /// No cgroup v2 hierarchy to resolve cgroups in.
+    #[error(transparent)]
+    NoCgroup2(#[from] crate::cgroups::MountError),
     /// The metrics address cannot be bound.
     #[error(
-        "cannot listen on {addr}: {source} (is another socklat or exporter using the port? choose another with --listen)"
+        "cannot listen on {addr} (is another socklat or exporter using the port? choose another with --listen)"
     )]
     Listen {
         addr: std::net::SocketAddr,
+        #[source]
         source: std::io::Error,
     },
-    /// No cgroup v2 hierarchy.
-    #[error("{0}")]
-    NoCgroup2(String),
+    /// The object could not be loaded (not a matter of privileges).
+    #[cfg(feature = "ebpf")]
+    #[error(transparent)]
+    Load(crate::kernel::load::LoadError),
+    /// The process lacks the privileges to use BPF.
+    #[cfg(feature = "ebpf")]
+    #[error(
+        "permission denied using BPF: run as root or with CAP_BPF and CAP_PERFMON \
+         (plus CAP_SYS_RESOURCE before Linux 5.11){}",
+        hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default()
+    )]
+    Privileges {
+        /// What this process lacks, where it can tell.
+        hint: Option<String>,
+        #[source]
+        source: crate::kernel::load::LoadError,
+    },
     /// Signals that were required did not attach.
+    #[error("required probes did not attach:\n  {}", .0.join("\n  "))]
+    NotAttached(Vec<String>),
+    /// A map the collector needs is missing from the object.
+    #[error("map {0} is missing from the kernel object (was it built from this source?)")]
+    MissingMap(&'static str),
+    /// A map the collector needs has another shape.
+    #[cfg(feature = "ebpf")]
+    #[error("map {name} of the kernel object (was it built from this source?)")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// An operating system call of the collector or the server failed.
     #[error("{0}")]
-    NotAttached(String),
+    Io(&'static str, #[source] std::io::Error),
 }

@@ -10,7 +10,7 @@
     reason = "counts are small integers, exact in f64"
 )]
 
-mod common;
+pub mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

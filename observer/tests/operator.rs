@@ -10,7 +10,7 @@
     reason = "counts and durations in these tests are far below 2^52"
 )]
 
-mod common;
+pub mod common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

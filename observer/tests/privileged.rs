@@ -9,7 +9,7 @@
     reason = "counts and durations in these tests are far below 2^52"
 )]
 
-mod common;
+pub mod common;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -718,20 +718,6 @@ fn runs_with_only_cap_bpf_and_cap_perfmon() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// Writes what the kubelet keeps for a container: `pods/<ns>_<pod>_<uid>/<name>/0.log` and
-/// the link `containers/<pod>_<ns>_<name>-<id>.log` to it.
-fn kubelet_logs(dir: &std::path::Path, ns: &str, pod: &str, uid: &str, name: &str, id: &str) {
-    let pod_dir = dir.join(format!("pods/{ns}_{pod}_{uid}/{name}"));
-    std::fs::create_dir_all(&pod_dir).unwrap();
-    std::fs::create_dir_all(dir.join("containers")).unwrap();
-    std::fs::write(pod_dir.join("0.log"), "").unwrap();
-    std::os::unix::fs::symlink(
-        pod_dir.join("0.log"),
-        dir.join(format!("containers/{pod}_{ns}_{name}-{id}.log")),
-    )
-    .unwrap();
-}
-
 /// Two containers in Kubernetes-shaped cgroups (cgroupfs driver with containerd; systemd
 /// driver with CRI-O): the one whose kubelet logs exist gets namespace, pod and container
 /// names; the other carries pod UID and container id until its logs appear, then is named
@@ -746,7 +732,7 @@ fn kubernetes_cgroups_are_named_from_the_kubelet_logs() {
     let (uid_b, id_b) = ("5e1d2c3b-0a9f-4e8d-8c7b-6a5f4e3d2c1b", "b".repeat(64));
     let logs = std::env::temp_dir().join(format!("socklat-kubelet-{pid}"));
     let _ = std::fs::remove_dir_all(&logs);
-    kubelet_logs(&logs, "shop", "web-0", uid_a, "app", &id_a);
+    observer::kube::write_fake_kubelet_logs(&logs, "shop", "web-0", uid_a, "app", &id_a).unwrap();
     std::fs::create_dir_all(logs.join("pods")).unwrap();
 
     let top = format!("socklat-test-{pid}-k8s");
@@ -784,7 +770,7 @@ fn kubernetes_cgroups_are_named_from_the_kubelet_logs() {
     assert_eq!(sends(&m, &b, "", uid_b, &id_b), Some(calls[1]), "b by ids");
 
     // B's logs appear (the kubelet writes them after the runtime made the cgroup).
-    kubelet_logs(&logs, "batch", "job-x", uid_b, "worker", &id_b);
+    observer::kube::write_fake_kubelet_logs(&logs, "batch", "job-x", uid_b, "worker", &id_b).unwrap();
     let t = Instant::now();
     let named = loop {
         let m = daemon.scrape();

@@ -9,7 +9,7 @@
     reason = "counts in these tests are far below 2^52"
 )]
 
-mod common;
+pub mod common;
 
 use std::process::Command;
 use std::time::Duration;
@@ -173,8 +173,8 @@ fn concurrent_scrapes_lose_nothing_and_do_not_stall_the_event_path() {
     let all_lost: f64 = scrape
         .0
         .iter()
-        .filter(|(n, _, _)| n == "socklat_ringbuf_lost_events_total")
-        .map(|(_, _, v)| v)
+        .filter(|s| s.name == "socklat_ringbuf_lost_events_total")
+        .map(|s| s.value)
         .sum();
     assert!(
         all_lost < 0.5,
@@ -209,13 +209,12 @@ fn a_cgroup_made_again_at_the_same_path_is_not_confused_with_the_old_one() {
     let m = Metrics::parse(&text);
     let sends: Vec<(String, f64)> =
         m.0.iter()
-            .filter(|(n, l, _)| {
-                n == "socklat_tcp_calls_total"
-                    && l.get("call").map(String::as_str) == Some("sendmsg")
-                    && l.get("result").map(String::as_str) == Some("ok")
-                    && l.get("cgroup").is_some_and(|c| c.starts_with(&label))
+            .filter(|s| {
+                s.name == "socklat_tcp_calls_total"
+                    && s.matches(&[("call", "sendmsg"), ("result", "ok")])
+                    && s.label("cgroup").is_some_and(|c| c.starts_with(&label))
             })
-            .map(|(_, l, v)| (l["cgroup"].clone(), *v))
+            .map(|s| (s.labels["cgroup"].clone(), s.value))
             .collect();
     let live: Vec<&(String, f64)> = sends.iter().filter(|(c, _)| *c == label).collect();
     assert_eq!(live.len(), 1, "{sends:?}");
@@ -256,7 +255,7 @@ fn cgroups_past_the_limit_are_counted_under_other() {
     let m = daemon.scrape();
     let series: std::collections::BTreeSet<&str> =
         m.0.iter()
-            .filter_map(|(_, l, _)| l.get("cgroup").map(String::as_str))
+            .filter_map(|s| s.label("cgroup"))
             .collect();
     assert!(
         series.len() <= 4,

@@ -1,13 +1,9 @@
 //! Test harness for the privileged tests: the real daemon as a child process, real cgroup
-//! v2 groups, worker processes placed in them, and a Prometheus text parser.
-#![allow(
-    dead_code,
-    reason = "each test file uses a different part of the harness"
-)]
+//! v2 groups, worker processes placed in them, and the daemon's numbers read with its own
+//! exposition parser.
 
 pub mod traffic;
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,6 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use observer::exposition::parse::{Sample, parse};
+pub use observer::testutil::quantile;
 
 /// The worker role this process was started for (`SOCKLAT_TEST_ROLE`), if any: every test
 /// binary re-executes itself as worker processes inside cgroups.
@@ -277,30 +276,23 @@ pub fn thread_caps(pid: u32) -> Vec<(String, String, String, String)> {
     out
 }
 
-/// Samples of one scrape: (name, labels) -> value.
-pub struct Metrics(pub Vec<(String, BTreeMap<String, String>, f64)>);
+/// Samples of one scrape, read with the daemon's own exposition parser; no two samples
+/// may share name and labels (promtool does not catch that).
+pub struct Metrics(pub Vec<Sample>);
 
 impl Metrics {
     pub fn parse(text: &str) -> Self {
-        let mut v = Vec::new();
-        for line in text.lines() {
-            if line.starts_with('#') || line.is_empty() {
-                continue;
-            }
-            let (head, value) = line.rsplit_once(' ').expect("sample line");
-            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
-            let (name, labels) = match head.split_once('{') {
-                Some((n, rest)) => (n.to_string(), parse_labels(rest.trim_end_matches('}'))),
-                None => (head.to_string(), BTreeMap::new()),
-            };
-            v.push((name, labels, value));
-        }
-        // promtool does not catch it: no two samples may share name and labels.
+        let samples = parse(text).unwrap_or_else(|e| panic!("exposition: {e}"));
         let mut seen = std::collections::BTreeSet::new();
-        for (n, l, _) in &v {
-            assert!(seen.insert((n, l)), "duplicate series {n} {l:?}");
+        for s in &samples {
+            assert!(
+                seen.insert((&s.name, &s.labels)),
+                "duplicate series {} {:?}",
+                s.name,
+                s.labels
+            );
         }
-        Metrics(v)
+        Metrics(samples)
     }
 
     /// The value of the one sample with this name whose labels include all of `want`.
@@ -308,13 +300,8 @@ impl Metrics {
         let found: Vec<f64> = self
             .0
             .iter()
-            .filter(|(n, l, _)| {
-                n == name
-                    && want
-                        .iter()
-                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|(_, _, v)| *v)
+            .filter(|s| s.name == name && s.matches(want))
+            .map(|s| s.value)
             .collect();
         assert!(
             found.len() <= 1,
@@ -323,47 +310,6 @@ impl Metrics {
         );
         found.first().copied()
     }
-}
-
-fn parse_labels(s: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut rest = s;
-    while let Some((k, after)) = rest.split_once("=\"") {
-        let mut val = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, n)) = chars.next() {
-                        val.push(match n {
-                            'n' => '\n',
-                            other => other,
-                        });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                c => val.push(c),
-            }
-        }
-        out.insert(k.trim_start_matches(',').to_string(), val);
-        rest = &after[end..];
-    }
-    out
-}
-
-/// The exact q-quantile of sorted samples (rank ceil(q*n)), as `HdrHistogram` defines it.
-pub fn quantile(sorted: &[u64], q: f64) -> u64 {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
-    sorted[rank - 1]
 }
 
 /// A network namespace of the test's own whose only route leads to a veth whose peer

@@ -1,34 +1,17 @@
-//! Hostile input: the command line, the cgroup path parser, mountinfo and the event decoder
-//! fed many generated inputs (deterministic, so a failure reproduces): no panic, and every
-//! error is one line that names the problem.
+//! Hostile input: the command line, the cgroup path parser, mountinfo, the exposition
+//! parser, the BTF reader and the event decoder fed many generated inputs (deterministic, so
+//! a failure reproduces): no panic, and every error is one line that names the problem.
+//! Needs no root.
 
-use crate::cgroups::cgroup2_mount_from;
-use crate::cli::{Cli, parse_duration, parse_ring_size};
-use crate::kube::parse_kubernetes;
 use clap::Parser;
+use observer::cgroups::cgroup2_mount_from;
+use observer::cli::Cli;
+use observer::exposition::parse::parse;
+use observer::kernel::btf::Btf;
+use observer::kube::parse_kubernetes;
+use observer::testutil::Rng;
+use observer::units::{parse_duration, parse_ring_size};
 use observer_common::{EVENT_SIZE, Event};
-
-/// xorshift64*: deterministic pseudo-random numbers.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % (n as u64)).unwrap_or(0)
-    }
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.below(from.len())]
-    }
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let n = self.below(max + 1);
-        (0..n).map(|_| self.next().to_le_bytes()[0]).collect()
-    }
-}
 
 #[test]
 fn decoder_takes_any_bytes() {
@@ -82,7 +65,7 @@ fn kubernetes_path_parser_takes_any_path() {
             path.push('/');
             path.push_str(r.pick(PATH_PARTS));
             if r.below(4) == 0 {
-                path.push(char::from(r.next().to_le_bytes()[0] % 128));
+                path.push(char::from(r.next_u64().to_le_bytes()[0] % 128));
             }
         }
         if let Some(k) = parse_kubernetes(&path) {
@@ -112,7 +95,12 @@ fn value_parsers_answer_with_one_line() {
         "", "s", "ms", "m", "h", "K", "M", "KiB", "MiB", "x", "9", "-", " ",
     ];
     for _ in 0..20_000 {
-        let s = format!("{}{}{}", r.next() % 100_000, r.pick(&units), r.pick(&units));
+        let s = format!(
+            "{}{}{}",
+            r.next_u64() % 100_000,
+            r.pick(&units),
+            r.pick(&units)
+        );
         for e in [parse_duration(&s).err(), parse_ring_size(&s).err()]
             .into_iter()
             .flatten()
@@ -159,6 +147,37 @@ fn command_line_takes_any_arguments() {
         if let Err(e) = Cli::try_parse_from(&args) {
             let text = e.to_string();
             assert!(text.starts_with("error:"), "{args:?}: {text}");
+        }
+    }
+}
+
+#[test]
+fn exposition_parser_takes_any_text() {
+    let mut r = Rng(0x5eed);
+    let parts = [
+        "m", "{", "}", "a=\"", "\"", "\\", ",", " ", "1", "+Inf", "NaN", "\n", "#", "=", "x_y",
+    ];
+    for _ in 0..20_000 {
+        let n = r.below(12);
+        let text: String = (0..n).map(|_| r.pick(&parts)).collect();
+        if let Err(e) = parse(&text) {
+            assert!(!e.to_string().is_empty(), "{text}");
+        }
+    }
+}
+
+#[test]
+fn btf_reader_takes_any_bytes() {
+    let mut r = Rng(0xb7f);
+    for _ in 0..5_000 {
+        let mut b = r.bytes(256);
+        if b.len() >= 2 && r.below(2) == 0 {
+            // Mostly valid magic, so that the header and type walk are reached.
+            b[0] = 0x9f;
+            b[1] = 0xeb;
+        }
+        if let Err(e) = Btf::parse(&b) {
+            assert!(!e.to_string().contains('\n'), "{e}");
         }
     }
 }

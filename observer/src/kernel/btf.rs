@@ -5,17 +5,54 @@
 
 use std::collections::HashMap;
 
+/// Why kernel BTF could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    /// The BTF file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The blob does not start with the little-endian BTF magic.
+    #[error("not a little-endian BTF blob")]
+    Magic,
+    /// A section or record lies outside the blob.
+    #[error("BTF truncated at byte {0}")]
+    Truncated(usize),
+    /// A type kind this reader does not know: its size, and so every later type's offset,
+    /// is unknown.
+    #[error("BTF type {id} has kind {kind}, which this reader does not know")]
+    UnknownKind { id: u32, kind: u32 },
+    /// A member the probes need is missing.
+    #[error("kernel BTF has no usable struct {0}.{1}")]
+    Missing(&'static str, &'static str),
+}
+
+/// Where the running kernel's BTF is.
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+// BTF kinds (include/uapi/linux/btf.h). Every kind has a fixed record after the common
+// header; a kind this list does not know stops the parse (its size is unknown).
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
 const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
 const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
 const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
 #[derive(Clone, Debug)]
@@ -46,24 +83,32 @@ pub struct Btf {
     typedefs: std::collections::HashSet<String>,
 }
 
-fn u32_at(b: &[u8], at: usize) -> Result<u32, String> {
+fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
     b.get(at..at + 4)
         .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .ok_or_else(|| format!("BTF truncated at byte {at}"))
+        .ok_or(BtfError::Truncated(at))
 }
 
 impl Btf {
     /// Reads the running kernel's BTF.
-    pub fn from_sys_fs() -> Result<Self, String> {
-        let bytes = std::fs::read("/sys/kernel/btf/vmlinux")
-            .map_err(|e| format!("cannot read /sys/kernel/btf/vmlinux: {e}"))?;
+    ///
+    /// # Errors
+    /// When it cannot be read or parsed.
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        let bytes = std::fs::read(VMLINUX).map_err(|source| BtfError::Read {
+            path: VMLINUX,
+            source,
+        })?;
         Self::parse(&bytes)
     }
 
     /// Parses a little-endian BTF blob.
-    pub fn parse(b: &[u8]) -> Result<Self, String> {
+    ///
+    /// # Errors
+    /// On a blob that is not BTF, is truncated, or has a type kind this reader does not know.
+    pub fn parse(b: &[u8]) -> Result<Self, BtfError> {
         if b.len() < 24 || b[0..2] != [0x9f, 0xeb] {
-            return Err("not a little-endian BTF blob".into());
+            return Err(BtfError::Magic);
         }
         let hdr_len = u32_at(b, 4)? as usize;
         let type_off = u32_at(b, 8)? as usize;
@@ -72,10 +117,10 @@ impl Btf {
         let str_len = u32_at(b, 20)? as usize;
         let types = b
             .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .ok_or("BTF type section out of bounds")?;
+            .ok_or(BtfError::Truncated(hdr_len + type_off))?;
         let strings = b
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or("BTF string section out of bounds")?
+            .ok_or(BtfError::Truncated(hdr_len + str_off))?
             .to_vec();
         let mut btf = Btf {
             strings,
@@ -99,7 +144,9 @@ impl Btf {
                 KIND_ARRAY => 12,
                 KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
-                _ => 0,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                _ => return Err(BtfError::UnknownKind { id, kind }),
             };
             if kind == KIND_TYPEDEF {
                 btf.typedefs.insert(btf.string(name).to_string());
@@ -192,12 +239,6 @@ impl Btf {
     pub fn has_tracepoint(&self, name: &str) -> bool {
         self.typedefs.contains(&format!("btf_trace_{name}"))
     }
-
-    /// Whether `struct name` has a member `member`.
-    #[must_use]
-    pub fn has(&self, name: &str, member: &str) -> bool {
-        self.offset(name, member).is_some()
-    }
 }
 
 /// Field offsets the connection probes need, from the running kernel's BTF.
@@ -216,12 +257,13 @@ pub struct SockOffsets {
 }
 
 impl SockOffsets {
-    /// Looks the offsets up; the error names what is missing.
-    pub fn from_btf(btf: &Btf) -> Result<Self, String> {
-        let need = |s: &str, m: &str| {
-            btf.offset(s, m)
-                .ok_or_else(|| format!("kernel BTF has no usable struct {s}.{m}"))
-        };
+    /// Looks the offsets up.
+    ///
+    /// # Errors
+    /// Naming the member that is missing.
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        let need =
+            |s: &'static str, m: &'static str| btf.offset(s, m).ok_or(BtfError::Missing(s, m));
         let (cgrp_ptr, tagged) = match btf.offset("sock_cgroup_data", "cgroup") {
             Some(o) => (o, false),
             None => (need("sock_cgroup_data", "val")?, true),
@@ -303,10 +345,27 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        assert!(Btf::parse(b"not btf at all, not at all.").is_err());
+        assert!(matches!(
+            Btf::parse(b"not btf at all, not at all."),
+            Err(BtfError::Magic)
+        ));
         let mut b = blob();
         b.truncate(30);
-        assert!(Btf::parse(&b).is_err());
+        assert!(matches!(Btf::parse(&b), Err(BtfError::Truncated(_))));
+    }
+
+    /// A kind the reader does not know stops the parse: skipping it with a guessed size
+    /// would read every later type at a wrong offset.
+    #[test]
+    fn an_unknown_kind_is_an_error() {
+        let mut b = blob();
+        // Type 1 (the int) becomes kind 31.
+        let at = 24 + 4;
+        b[at..at + 4].copy_from_slice(&(31u32 << 24).to_le_bytes());
+        assert!(matches!(
+            Btf::parse(&b),
+            Err(BtfError::UnknownKind { id: 1, kind: 31 })
+        ));
     }
 
     /// On a machine with kernel BTF, the socket offsets resolve (and are plausible).

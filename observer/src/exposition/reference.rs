@@ -1,0 +1,404 @@
+//! Test-only: the same exposition built with the prometheus crate's data model and encoder,
+//! the reference the streaming writer is compared with byte for byte; and the tests of the
+//! exposition as a whole.
+
+use observer_common::{FaultCounts, Outcome};
+use prometheus::proto::{Bucket, LabelPair, Metric, MetricFamily, Quantile, Summary};
+
+use super::family::{CALLS, FAULT_KINDS, FAULT_MODES, Family};
+use super::text::{counter, family, gauge, global_families, has_samples};
+use super::{Row, Scrape};
+use crate::aggregate::{BUCKETS_NS, DurationSnapshot, QUANTILES};
+use crate::labels::Labels;
+
+fn pair(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.to_string());
+    l
+}
+
+fn cgroup_labels(l: &Labels, extra: &[(&str, &str)]) -> Vec<LabelPair> {
+    l.pairs()
+        .iter()
+        .chain(extra)
+        .map(|(n, v)| pair(n, v))
+        .collect()
+}
+
+#[expect(clippy::cast_precision_loss, reason = "ns to seconds")]
+fn histogram(labels: Vec<LabelPair>, d: &DurationSnapshot) -> Metric {
+    let mut h = prometheus::proto::Histogram::default();
+    let buckets = BUCKETS_NS
+        .iter()
+        .zip(&d.totals.cumulative)
+        .map(|(ns, c)| {
+            let mut b = Bucket::default();
+            b.set_upper_bound(*ns as f64 / 1e9);
+            b.set_cumulative_count(*c);
+            b
+        })
+        .collect();
+    h.set_bucket(buckets);
+    h.set_sample_count(d.totals.count);
+    h.set_sample_sum(d.totals.sum_seconds);
+    let mut m = Metric::from_label(labels);
+    m.set_histogram(h);
+    m
+}
+
+#[expect(clippy::cast_precision_loss, reason = "ns to seconds")]
+fn summary(labels: Vec<LabelPair>, d: &DurationSnapshot) -> Metric {
+    let mut s = Summary::default();
+    if let Some(qs) = d.window_quantiles_ns {
+        s.set_quantile(
+            QUANTILES
+                .iter()
+                .zip(qs)
+                .map(|(q, ns)| {
+                    let mut x = Quantile::default();
+                    x.set_quantile(*q);
+                    x.set_value(ns as f64 / 1e9);
+                    x
+                })
+                .collect(),
+        );
+    }
+    s.set_sample_count(d.totals.count);
+    s.set_sample_sum(d.totals.sum_seconds);
+    let mut m = Metric::from_label(labels);
+    m.set_summary(s);
+    m
+}
+
+/// The metrics of one row in per-cgroup family `f`.
+fn metrics_of(f: Family, row: &Row) -> Vec<Metric> {
+    let l = &row.labels;
+    let mut out = Vec::new();
+    let snap = row.snap.as_ref();
+    match f {
+        Family::CallDuration | Family::CallLatency | Family::Calls => {
+            for (call, c) in CALLS
+                .iter()
+                .zip(snap.map(|s| &s.calls).into_iter().flatten())
+            {
+                let Some(c) = c else { continue };
+                match f {
+                    Family::CallDuration => {
+                        out.push(histogram(cgroup_labels(l, &[("call", call)]), &c.durations));
+                    }
+                    Family::CallLatency => {
+                        out.push(summary(cgroup_labels(l, &[("call", call)]), &c.durations));
+                    }
+                    _ => {
+                        for (result, n) in c.results.by_label() {
+                            out.push(counter(
+                                cgroup_labels(l, &[("call", call), ("result", result)]),
+                                n,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Family::Faults if row.faults != FaultCounts::default() => {
+            for (mode, n) in FAULT_MODES.iter().zip([row.faults.user, row.faults.kernel]) {
+                out.push(counter(cgroup_labels(l, &[("mode", mode)]), n));
+            }
+        }
+        Family::FaultDuration | Family::FaultLatency => {
+            let durations = snap.map(|s| &s.fault_durations).into_iter().flatten();
+            for (kind, d) in FAULT_KINDS.iter().zip(durations) {
+                let Some(d) = d else { continue };
+                let labels = cgroup_labels(l, &[("fault", kind)]);
+                out.push(if f == Family::FaultDuration {
+                    histogram(labels, d)
+                } else {
+                    summary(labels, d)
+                });
+            }
+        }
+        Family::ConnClosed => {
+            if let Some(c) = snap.and_then(|s| s.conns.as_ref()) {
+                for o in Outcome::ALL {
+                    out.push(counter(
+                        cgroup_labels(l, &[("outcome", o.name())]),
+                        c.outcomes[o as usize],
+                    ));
+                }
+            }
+        }
+        Family::AbnormalRatio => {
+            if let Some(r) = snap
+                .and_then(|s| s.conns.as_ref())
+                .and_then(|c| c.window_ratio)
+            {
+                out.push(gauge(cgroup_labels(l, &[]), r));
+            }
+        }
+        Family::Retransmits if has_samples(f, row) => {
+            out.push(counter(cgroup_labels(l, &[]), row.retransmits));
+        }
+        Family::Lost if has_samples(f, row) => out.push(counter(cgroup_labels(l, &[]), row.lost)),
+        _ => {}
+    }
+    out
+}
+
+/// Builds the metric families of a scrape with the prometheus crate's data model.
+fn families(s: &Scrape) -> Vec<MetricFamily> {
+    let fallback = Row::empty_other();
+    let has_other = s.rows.iter().any(|r| r.labels.is_other());
+    let mut all: Vec<MetricFamily> = Family::PER_CGROUP
+        .into_iter()
+        .map(|f| {
+            let mut fam = family(f);
+            for row in s.rows.iter().chain((!has_other).then_some(&fallback)) {
+                fam.mut_metric().extend(metrics_of(f, row));
+            }
+            fam
+        })
+        .filter(|f| !f.get_metric().is_empty())
+        .collect();
+    all.extend(global_families(s));
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Aggregator;
+    use crate::exposition::{render, stream};
+    use crate::probe_mode::ProbeMode;
+    use crate::signal::Signal;
+    use observer_common::{Event, EventKind};
+    use prometheus::TextEncoder;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn push(a: &mut Aggregator, ev: &Event) {
+        a.push_shared(&ev.to_bytes(), 0);
+    }
+
+    fn scrape_with_traffic() -> Scrape {
+        let mut a = Aggregator::new(8, Duration::from_mins(1));
+        for i in 0..100u64 {
+            push(
+                &mut a,
+                &Event {
+                    cgroup_id: 42,
+                    value: 10_000 + i * 1000,
+                    kind: EventKind::SendMsg as u32,
+                    result: 10,
+                },
+            );
+        }
+        for (ns, result) in [
+            (2_000, 0),
+            (3_000, 0),
+            (900_000, observer_common::FAULT_MAJOR),
+        ] {
+            push(
+                &mut a,
+                &Event {
+                    cgroup_id: 42,
+                    value: ns,
+                    kind: EventKind::PageFault as u32,
+                    result,
+                },
+            );
+        }
+        for o in [Outcome::Normal, Outcome::Refused, Outcome::Normal] {
+            push(
+                &mut a,
+                &Event {
+                    cgroup_id: 42,
+                    value: 0,
+                    kind: EventKind::ConnClose as u32,
+                    result: o as i32,
+                },
+            );
+        }
+        let snap = a.snapshot(0).pop();
+        Scrape {
+            rows: vec![Row {
+                labels: Arc::new(Labels {
+                    cgroup: "/test/\"quoted\"".into(),
+                    ..Labels::default()
+                }),
+                snap,
+                faults: FaultCounts {
+                    user: 5,
+                    kernel: 1,
+                    ..FaultCounts::default()
+                },
+                lost: 3,
+                retransmits: 2,
+            }],
+            probes: vec![(Signal::SendMsg, ProbeMode::Tracepoint)],
+            tracked: 1,
+            events: [100, 0, 0, 0],
+            untracked_connections: 4,
+            probe_misses: 0,
+            undecodable: 0,
+            ring_create_failures: 0,
+        }
+    }
+
+    #[test]
+    fn exposition_has_the_design_names_and_values() {
+        let text = render(&scrape_with_traffic());
+        let want = [
+            "# TYPE socklat_tcp_call_duration_seconds histogram",
+            "socklat_tcp_call_duration_seconds_bucket{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",call=\"sendmsg\",le=\"+Inf\"} 100",
+            "socklat_tcp_call_duration_seconds_count{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",call=\"sendmsg\"} 100",
+            "socklat_tcp_call_latency_seconds{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",call=\"sendmsg\",quantile=\"0.99\"}",
+            "socklat_tcp_calls_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",call=\"sendmsg\",result=\"ok\"} 100",
+            "socklat_page_faults_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",mode=\"user\"} 5",
+            "socklat_ringbuf_lost_events_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 3",
+            "socklat_ringbuf_lost_events_total{cgroup=\"_other\",namespace=\"\",pod=\"\",container=\"\"} 0",
+            "socklat_events_total{signal=\"sendmsg\"} 100",
+            "socklat_tcp_connections_untracked_total 4",
+            "socklat_probe_misses_total 0",
+            "socklat_page_fault_duration_seconds_count{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",fault=\"minor\"} 2",
+            "socklat_page_fault_duration_seconds_count{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",fault=\"major\"} 1",
+            "socklat_tcp_connections_closed_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",outcome=\"refused\"} 1",
+            "socklat_tcp_abnormal_connection_ratio{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 0.3333333333333333",
+            "socklat_tcp_retransmits_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 2",
+            "socklat_probe_info{signal=\"sendmsg\",mode=\"tracepoint\"} 1",
+            "socklat_cgroups_tracked 1",
+            "socklat_build_info{version=",
+        ];
+        for w in want {
+            assert!(text.contains(w), "missing {w}\n{text}");
+        }
+        // Median of 10..109 us is 59 us; HdrHistogram 2 sigfigs answers within 1%.
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("socklat_tcp_call_latency_seconds{") && l.contains("quantile=\"0.5\"")
+            })
+            .unwrap();
+        let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((v - 59e-6).abs() / 59e-6 < 0.01, "{line}");
+    }
+
+    /// The streaming writer produces exactly what the prometheus crate's encoder produces
+    /// for the same data, escaping included.
+    #[test]
+    fn streaming_writer_matches_the_prometheus_encoder() {
+        let mut s = scrape_with_traffic();
+        let mut second = s.rows[0].clone();
+        second.labels = Arc::new(Labels {
+            cgroup: "/a\\b\nc".into(),
+            namespace: "ns".into(),
+            pod: "p".into(),
+            container: "c".into(),
+        });
+        second.faults = FaultCounts::default();
+        second.lost = 0;
+        second.retransmits = 0;
+        s.rows.push(second);
+        for scrape in [s, Scrape::default()] {
+            let mut reference = String::new();
+            TextEncoder::new()
+                .encode_utf8(&families(&scrape), &mut reference)
+                .unwrap();
+            let mut pieces = 0;
+            let mut streamed = String::new();
+            stream(&scrape, 256, |p| {
+                pieces += 1;
+                streamed.push_str(p);
+            });
+            let first_diff = streamed
+                .lines()
+                .zip(reference.lines())
+                .find(|(a, b)| a != b);
+            assert_eq!(first_diff, None, "streamed vs reference");
+            assert_eq!(streamed.len(), reference.len());
+            assert_eq!(render(&scrape), reference);
+            assert!(pieces > 1 || scrape.rows.is_empty());
+        }
+    }
+
+    #[test]
+    fn self_metrics_exist_on_an_empty_scrape() {
+        let text = render(&Scrape::default());
+        assert!(text.contains("socklat_events_total{signal=\"pagefaults\"} 0"));
+        assert!(text.contains("socklat_ringbuf_lost_events_total{cgroup=\"_other\""));
+        assert!(text.contains("socklat_cgroups_tracked 0"));
+        assert!(!text.contains("socklat_tcp_call_duration_seconds"));
+    }
+
+    /// promtool (Debian package `prometheus`) is the reference parser; where it is not
+    /// installed this test says so and checks nothing else.
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        use std::io::Write;
+
+        let text = render(&scrape_with_traffic());
+        let Ok(mut child) = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("promtool not installed: exposition checked by the privileged tests");
+            return;
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Every metric the operator files reference (dashboard, recording and alerting rules)
+    /// is a sample name the daemon exports: a renamed metric breaks this test, not a pager.
+    #[test]
+    fn dashboard_and_rules_reference_only_exported_metrics() {
+        let text = render(&scrape_with_traffic());
+        let exported: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+        let mut checked = 0;
+        for file in [
+            "grafana/socklat.json",
+            "prometheus/rules.yaml",
+            "prometheus/rules_test.yaml",
+        ] {
+            let body = std::fs::read_to_string(format!("{deploy}/{file}")).unwrap();
+            let mut rest = body.as_str();
+            while let Some(i) = rest.find("socklat_") {
+                // A recording rule's name (`level:socklat_...:op`) is not a daemon metric.
+                let record = rest[..i].ends_with(':');
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                if record || rest.starts_with(':') {
+                    continue;
+                }
+                assert!(
+                    exported.contains(name.as_str()),
+                    "{file} references {name}, which the daemon does not export"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "only {checked} references found");
+    }
+}

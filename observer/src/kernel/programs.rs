@@ -1,0 +1,231 @@
+//! The program table: every kernel program the daemon attaches, where it attaches, and
+//! which programs make up one (signal, mode) on a kernel of a given shape. Program names
+//! come from `observer_common::names::programs`; a unit test checks the table against the
+//! built object.
+
+use observer_common::names::programs as p;
+
+use crate::probe_mode::ProbeMode;
+use crate::signal::Signal;
+
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// fentry on a kernel function.
+    FEntry(&'static str),
+    /// fexit on a kernel function.
+    FExit(&'static str),
+    /// kprobe or kretprobe on a kernel function (the object's section says which).
+    KProbe(&'static str),
+    /// A raw tracepoint.
+    RawTp(&'static str),
+    /// A classic tracepoint; its record must have `fields` at these offsets.
+    Tp {
+        category: &'static str,
+        name: &'static str,
+        fields: &'static [(&'static str, u32)],
+    },
+}
+
+/// One program of the object and its hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Program {
+    pub name: &'static str,
+    pub hook: Hook,
+}
+
+const fn prog(name: &'static str, hook: Hook) -> Program {
+    Program { name, hook }
+}
+
+/// Fields of the sock_*_length records that the classic programs read, at their offsets
+/// (also in observer-ebpf/src/tcp.rs).
+const SOCK_LENGTH_FIELDS: &[(&str, u32)] = &[("family", 16), ("protocol", 18), ("ret", 20)];
+
+pub const SYS_ENTER: Program = prog(p::SYS_ENTER, Hook::RawTp("sys_enter"));
+pub const RAW_SOCK_SEND_LENGTH: Program =
+    prog(p::RAW_SOCK_SEND_LENGTH, Hook::RawTp("sock_send_length"));
+pub const RAW_SOCK_RECV_LENGTH: Program =
+    prog(p::RAW_SOCK_RECV_LENGTH, Hook::RawTp("sock_recv_length"));
+pub const SOCK_SEND_LENGTH: Program = prog(
+    p::SOCK_SEND_LENGTH,
+    Hook::Tp {
+        category: "sock",
+        name: "sock_send_length",
+        fields: SOCK_LENGTH_FIELDS,
+    },
+);
+pub const SOCK_RECV_LENGTH: Program = prog(
+    p::SOCK_RECV_LENGTH,
+    Hook::Tp {
+        category: "sock",
+        name: "sock_recv_length",
+        fields: SOCK_LENGTH_FIELDS,
+    },
+);
+pub const FENTRY_TCP_SENDMSG: Program = prog(p::FENTRY_TCP_SENDMSG, Hook::FEntry("tcp_sendmsg"));
+pub const FEXIT_TCP_SENDMSG: Program = prog(p::FEXIT_TCP_SENDMSG, Hook::FExit("tcp_sendmsg"));
+pub const FENTRY_TCP_RECVMSG: Program = prog(p::FENTRY_TCP_RECVMSG, Hook::FEntry("tcp_recvmsg"));
+pub const FEXIT_TCP_RECVMSG4: Program = prog(p::FEXIT_TCP_RECVMSG4, Hook::FExit("tcp_recvmsg"));
+pub const FEXIT_TCP_RECVMSG5: Program = prog(p::FEXIT_TCP_RECVMSG5, Hook::FExit("tcp_recvmsg"));
+pub const FEXIT_TCP_RECVMSG6: Program = prog(p::FEXIT_TCP_RECVMSG6, Hook::FExit("tcp_recvmsg"));
+pub const KPROBE_TCP_SENDMSG: Program = prog(p::KPROBE_TCP_SENDMSG, Hook::KProbe("tcp_sendmsg"));
+pub const KRETPROBE_TCP_SENDMSG: Program =
+    prog(p::KRETPROBE_TCP_SENDMSG, Hook::KProbe("tcp_sendmsg"));
+pub const KPROBE_TCP_RECVMSG: Program = prog(p::KPROBE_TCP_RECVMSG, Hook::KProbe("tcp_recvmsg"));
+pub const KRETPROBE_TCP_RECVMSG: Program =
+    prog(p::KRETPROBE_TCP_RECVMSG, Hook::KProbe("tcp_recvmsg"));
+pub const INET_SOCK_SET_STATE: Program =
+    prog(p::INET_SOCK_SET_STATE, Hook::RawTp("inet_sock_set_state"));
+pub const TCP_RECEIVE_RESET: Program = prog(p::TCP_RECEIVE_RESET, Hook::RawTp("tcp_receive_reset"));
+pub const TCP_SEND_RESET: Program = prog(p::TCP_SEND_RESET, Hook::RawTp("tcp_send_reset"));
+pub const TCP_RETRANSMIT_SKB: Program =
+    prog(p::TCP_RETRANSMIT_SKB, Hook::RawTp("tcp_retransmit_skb"));
+pub const PAGE_FAULT_USER: Program = prog(p::PAGE_FAULT_USER, Hook::RawTp("page_fault_user"));
+pub const PAGE_FAULT_KERNEL: Program = prog(p::PAGE_FAULT_KERNEL, Hook::RawTp("page_fault_kernel"));
+pub const FENTRY_HANDLE_MM_FAULT: Program =
+    prog(p::FENTRY_HANDLE_MM_FAULT, Hook::FEntry("handle_mm_fault"));
+pub const FEXIT_HANDLE_MM_FAULT: Program =
+    prog(p::FEXIT_HANDLE_MM_FAULT, Hook::FExit("handle_mm_fault"));
+pub const KPROBE_HANDLE_MM_FAULT: Program =
+    prog(p::KPROBE_HANDLE_MM_FAULT, Hook::KProbe("handle_mm_fault"));
+pub const KRETPROBE_HANDLE_MM_FAULT: Program = prog(
+    p::KRETPROBE_HANDLE_MM_FAULT,
+    Hook::KProbe("handle_mm_fault"),
+);
+
+/// Every program of the object.
+pub const ALL: &[Program] = &[
+    SYS_ENTER,
+    RAW_SOCK_SEND_LENGTH,
+    RAW_SOCK_RECV_LENGTH,
+    SOCK_SEND_LENGTH,
+    SOCK_RECV_LENGTH,
+    FENTRY_TCP_SENDMSG,
+    FEXIT_TCP_SENDMSG,
+    FENTRY_TCP_RECVMSG,
+    FEXIT_TCP_RECVMSG4,
+    FEXIT_TCP_RECVMSG5,
+    FEXIT_TCP_RECVMSG6,
+    KPROBE_TCP_SENDMSG,
+    KRETPROBE_TCP_SENDMSG,
+    KPROBE_TCP_RECVMSG,
+    KRETPROBE_TCP_RECVMSG,
+    INET_SOCK_SET_STATE,
+    TCP_RECEIVE_RESET,
+    TCP_SEND_RESET,
+    TCP_RETRANSMIT_SKB,
+    PAGE_FAULT_USER,
+    PAGE_FAULT_KERNEL,
+    FENTRY_HANDLE_MM_FAULT,
+    FEXIT_HANDLE_MM_FAULT,
+    KPROBE_HANDLE_MM_FAULT,
+    KRETPROBE_HANDLE_MM_FAULT,
+];
+
+/// What kernel BTF told about the running kernel that decides which programs to attach.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelShape {
+    /// Number of parameters of `tcp_recvmsg`.
+    pub recvmsg_params: Option<u16>,
+    /// The sock_*_length tracepoints exist and the socket offsets are known: the raw
+    /// tracepoint programs can be used (cheaper than the classic ones, no tracefs).
+    pub raw_sock_length: bool,
+}
+
+/// Programs that make up one (signal, mode) on a kernel of this shape; empty when the
+/// signal has no probes in that mode.
+#[must_use]
+pub fn for_mode(signal: Signal, mode: ProbeMode, k: KernelShape) -> Vec<Program> {
+    match (signal, mode) {
+        (Signal::SendMsg, ProbeMode::Fentry) => vec![FENTRY_TCP_SENDMSG, FEXIT_TCP_SENDMSG],
+        // fexit reads the return value after the last parameter; how many there are depends
+        // on the kernel (see observer-ebpf/src/tcp.rs).
+        (Signal::RecvMsg, ProbeMode::Fentry) => vec![
+            FENTRY_TCP_RECVMSG,
+            match k.recvmsg_params {
+                Some(4) => FEXIT_TCP_RECVMSG4,
+                Some(6) => FEXIT_TCP_RECVMSG6,
+                _ => FEXIT_TCP_RECVMSG5,
+            },
+        ],
+        (Signal::SendMsg, ProbeMode::Kprobe) => vec![KPROBE_TCP_SENDMSG, KRETPROBE_TCP_SENDMSG],
+        (Signal::RecvMsg, ProbeMode::Kprobe) => vec![KPROBE_TCP_RECVMSG, KRETPROBE_TCP_RECVMSG],
+        (Signal::SendMsg, ProbeMode::Tracepoint) if k.raw_sock_length => {
+            vec![SYS_ENTER, RAW_SOCK_SEND_LENGTH]
+        }
+        (Signal::RecvMsg, ProbeMode::Tracepoint) if k.raw_sock_length => {
+            vec![SYS_ENTER, RAW_SOCK_RECV_LENGTH]
+        }
+        (Signal::SendMsg, ProbeMode::Tracepoint) => vec![SYS_ENTER, SOCK_SEND_LENGTH],
+        (Signal::RecvMsg, ProbeMode::Tracepoint) => vec![SYS_ENTER, SOCK_RECV_LENGTH],
+        // Connection lifecycle uses raw tracepoints in every mode.
+        (Signal::Connections, _) => vec![
+            INET_SOCK_SET_STATE,
+            TCP_RECEIVE_RESET,
+            TCP_SEND_RESET,
+            TCP_RETRANSMIT_SKB,
+        ],
+        // Fault counts come from the exception tracepoints in every mode, so that they mean
+        // the same everywhere; fentry/kprobe add durations and major/minor.
+        (Signal::PageFaults, ProbeMode::Fentry) => vec![
+            PAGE_FAULT_USER,
+            PAGE_FAULT_KERNEL,
+            FENTRY_HANDLE_MM_FAULT,
+            FEXIT_HANDLE_MM_FAULT,
+        ],
+        (Signal::PageFaults, ProbeMode::Kprobe) => vec![
+            PAGE_FAULT_USER,
+            PAGE_FAULT_KERNEL,
+            KPROBE_HANDLE_MM_FAULT,
+            KRETPROBE_HANDLE_MM_FAULT,
+        ],
+        (Signal::PageFaults, ProbeMode::Tracepoint) => vec![PAGE_FAULT_USER, PAGE_FAULT_KERNEL],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every program of the table is used by some (signal, mode, shape), and none twice in
+    /// the table.
+    #[test]
+    fn the_table_is_used_and_has_no_duplicates() {
+        let mut names: Vec<&str> = ALL.iter().map(|p| p.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+        let mut used = std::collections::BTreeSet::new();
+        for signal in Signal::ALL {
+            for mode in ProbeMode::Auto.candidates() {
+                for recvmsg_params in [Some(4), Some(5), Some(6)] {
+                    for raw_sock_length in [false, true] {
+                        let shape = KernelShape {
+                            recvmsg_params,
+                            raw_sock_length,
+                        };
+                        used.extend(for_mode(signal, *mode, shape).iter().map(|p| p.name));
+                    }
+                }
+            }
+        }
+        assert_eq!(used.len(), ALL.len());
+    }
+
+    /// The table and the built object agree: every program the table names is in the object
+    /// and every program of the object is in the table. Needs the object (the `ebpf`
+    /// feature embeds it); no kernel and no privileges.
+    #[cfg(feature = "ebpf")]
+    #[test]
+    fn the_table_and_the_object_agree() {
+        let object = aya_obj::Object::parse(crate::kernel::load::EMBEDDED_OBJECT)
+            .expect("the embedded object parses");
+        let mut in_object: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        in_object.sort_unstable();
+        let mut in_table: Vec<&str> = ALL.iter().map(|p| p.name).collect();
+        in_table.sort_unstable();
+        assert_eq!(in_object, in_table);
+    }
+}

@@ -1,0 +1,54 @@
+//! Helpers shared by the unit tests, the hostile-input tests and the privileged tests:
+//! deterministic pseudo-random numbers and the exact quantile the daemon's must match.
+//! Not part of the daemon's interface.
+
+/// xorshift64*: deterministic pseudo-random numbers, so that a failure reproduces.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n` (> 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next_u64() % (n as u64)).unwrap_or(0)
+    }
+
+    /// One of `from`.
+    pub fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
+    }
+
+    /// Up to `max` random bytes.
+    pub fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = self.below(max + 1);
+        (0..n).map(|_| self.next_u64().to_le_bytes()[0]).collect()
+    }
+
+    /// Log-uniform durations (ns) from 1 us to ~1 s, with a few very short and very long.
+    pub fn duration(&mut self) -> u64 {
+        let exp = self.next_u64() % 20;
+        1000 + (self.next_u64() % (1u64 << exp)) * (1 + self.next_u64() % 1000)
+    }
+}
+
+/// The exact q-quantile of sorted samples (rank ceil(q*n)), as `HdrHistogram` defines it.
+///
+/// # Panics
+/// On an empty slice.
+#[must_use]
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "ranks of test samples, far below 2^52"
+    )]
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted[rank - 1]
+}
