@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod deploy;
+mod load;
 mod soak;
 mod test;
 mod toolchain;
@@ -99,6 +100,6 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench(o) => bench::bench(&o),
         Cmd::Soak(o) => soak::soak(&o),
         Cmd::VmTest(o) => vm::vm_test(&o),
-        Cmd::BenchClient { addr, requests } => bench::client(&addr, requests),
+        Cmd::BenchClient { addr, requests } => load::traffic::client(&addr, requests),
     }
 }

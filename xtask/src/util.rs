@@ -29,6 +29,12 @@ pub fn step(msg: &str) {
     eprintln!("==> {msg}");
 }
 
+/// Whether a command runs and exits successfully (its output captured and dropped): how
+/// xtask asks whether a tool is installed and working.
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|o| o.status.success())
+}
+
 /// Runs a command, failing with its name when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
