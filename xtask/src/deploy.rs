@@ -191,7 +191,7 @@ fn build_image() -> Result<String> {
     if Command::new("podman").arg("--version").output().is_err() {
         apt_install(&["podman", "runc"], "podman to build and run the image")?;
     }
-    let (daemon, _) = crate::vm::static_binaries()?;
+    let (daemon, _) = crate::build::static_binaries()?;
     let ctx = root().join("target/image");
     std::fs::create_dir_all(&ctx)?;
     std::fs::copy(&daemon, ctx.join("socklat"))?;
