@@ -43,6 +43,8 @@ struct Row {
     value: String,
 }
 
+/// Request/response over loopback with no observer, socklat (tracepoint mode) and the
+/// bpftrace script, interleaved; plus the events socklat received and lost meanwhile.
 fn throughput(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
     ensure_bpftrace()?;
     let conds = ["none", "socklat", "bpftrace"];
@@ -141,6 +143,7 @@ fn conntrack(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// `load` without and with socklat (tracepoint mode), interleaved round by round.
 fn interleaved(
     o: &Opts,
     bin: &Path,
@@ -175,6 +178,7 @@ fn interleaved(
     Ok(())
 }
 
+/// The daemon crate's pipeline bench: decode and aggregation of synthetic events.
 fn pipeline(rows: &mut Vec<Row>) -> Result<()> {
     step("userspace pipeline (decode + aggregation, synthetic events, one core)");
     let out = Command::new("cargo")

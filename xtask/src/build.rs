@@ -14,11 +14,29 @@ pub fn ebpf_object() -> PathBuf {
     root().join("target/ebpf/bpfel-unknown-none/release/observer")
 }
 
+/// The kernel programs' crate (a crate of its own, outside the workspace).
+pub fn ebpf_crate_dir() -> PathBuf {
+    root().join("observer-ebpf")
+}
+
+/// What every cargo command on the kernel crate shares: its directory, none of the host's
+/// `RUSTFLAGS`, a release build for bpfel-unknown-none into `target_dir`.
+pub fn for_ebpf_crate(cmd: &mut Command, target_dir: PathBuf) -> &mut Command {
+    cmd.current_dir(ebpf_crate_dir())
+        .env_remove("RUSTFLAGS")
+        .args([
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--target-dir",
+        ])
+        .arg(target_dir)
+}
+
 /// Builds the kernel object (observer-ebpf) for bpfel-unknown-none.
 pub fn build_ebpf() -> Result<PathBuf> {
     let tc = toolchain::ebpf_toolchain()?;
     toolchain::ensure_bpf_linker(&tc)?;
-    let root = root();
     let mut cmd;
     match &tc {
         EbpfToolchain::Debian { rustc, version } => {
@@ -31,36 +49,25 @@ pub fn build_ebpf() -> Result<PathBuf> {
                 // aya-ebpf uses feature(asm_experimental_arch) on bpf.
                 .env("RUSTC_BOOTSTRAP", "1")
                 .arg("build");
-            if needs_workaround(*version) {
-                cmd.arg("--ignore-rust-version");
-            }
         }
-        EbpfToolchain::Nightly { version } => {
+        EbpfToolchain::Nightly { .. } => {
             step("building the kernel object with rustup nightly and -Z build-std=core");
             cmd = Command::new("rustup");
             cmd.args(["run", "nightly", "cargo", "build", "-Z", "build-std=core"])
                 .env_remove("RUSTC");
-            if needs_workaround(*version) {
-                cmd.arg("--ignore-rust-version");
-            }
         }
     }
-    cmd.current_dir(root.join("observer-ebpf"))
-        .env_remove("RUSTFLAGS")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    let (EbpfToolchain::Debian { version, .. } | EbpfToolchain::Nightly { version }) = tc;
+    if needs_workaround(version) {
+        cmd.arg("--ignore-rust-version");
+    }
+    cmd.env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker")
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             "-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        )
-        .args([
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "--target-dir",
-        ])
-        .arg(root.join("target/ebpf"));
-    run(&mut cmd)?;
+        );
+    run(for_ebpf_crate(&mut cmd, root().join("target/ebpf")))?;
     let obj = ebpf_object();
     step(&format!("kernel object: {}", obj.display()));
     Ok(obj)

@@ -1,9 +1,5 @@
-//! `cargo xtask soak --minutes N`: the daemon under steady request/response load plus cgroup
-//! churn (new cgroups with a little traffic every second, each removed right after), with
-//! a short `--cgroup-ttl` so that garbage collection runs all along. Every 10 s it records
-//! the daemon's resident memory, the time one scrape takes, the cgroups tracked and the
-//! events lost; at the end it reports the memory slope (least squares over the run after
-//! its first quarter) and the scrape time early and late. Samples go to target/soak.csv.
+//! `cargo xtask soak --minutes N`: the soak run (the daemon under steady load and cgroup
+//! churn, sampled every 10 s) and its report; the load itself is in `load`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,9 +10,7 @@ use anyhow::{Result, bail};
 
 use crate::build::build_daemon;
 use crate::load::cgroups::churn;
-use crate::load::measure::{
-    TRACKED, event_counts, http_get, median, metric_sum, mib, rss_kib, timed_scrape,
-};
+use crate::load::measure::{TRACKED, event_counts, median, metric_sum, mib, rss_kib, timed_scrape};
 use crate::load::observers::Socklat;
 use crate::load::traffic::{EchoServer, steady_load};
 use crate::util::{is_root, root, step};
@@ -35,6 +29,7 @@ pub struct Opts {
     pub rate: u64,
 }
 
+/// What the daemon looked like at one point of the run.
 struct Sample {
     at: f64,
     rss_kib: u64,
@@ -112,7 +107,13 @@ fn report(o: &Opts, samples: &[Sample], alive: bool) -> Result<()> {
     Ok(())
 }
 
-/// Runs the soak and prints its report.
+/// Runs the soak and prints its report: the daemon under steady request/response load plus
+/// cgroup churn (new cgroups with a little traffic every second, each removed right after),
+/// with a short `--cgroup-ttl` so that garbage collection runs all along. Every 10 s it
+/// records the daemon's resident memory, the time one scrape takes, the cgroups tracked and
+/// the events lost; at the end it reports the memory slope (least squares over the run
+/// after its first quarter) and the scrape time early and late. Samples go to
+/// target/soak.csv.
 pub fn soak(o: &Opts) -> Result<()> {
     if !is_root() {
         bail!("the soak loads BPF programs and makes cgroups: run it as root");
@@ -164,7 +165,7 @@ pub fn soak(o: &Opts) -> Result<()> {
         let _ = h.join();
     }
     server.stop();
-    let alive = http_get(daemon.addr(), "/healthz").is_some();
+    let alive = daemon.healthy();
     daemon.stop();
 
     report(o, &samples, alive)?;

@@ -1,4 +1,4 @@
-//! Small helpers: the workspace root, privileges, running commands with a progress line.
+//! Small helpers: the workspace root, privileges, running commands, progress lines.
 
 use std::path::PathBuf;
 use std::process::Command;

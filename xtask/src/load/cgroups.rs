@@ -40,7 +40,8 @@ fn spawn_client(exe: &Path, dir: &Path, addr: SocketAddr) -> Result<Child> {
     let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_string_lossy().as_bytes())?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench-client", &addr.to_string(), REQUESTS]);
-    // SAFETY: only open/write/close between fork and exec.
+    // SAFETY: between fork and exec the closure only calls `move_self` (open/write/close,
+    // async-signal-safe) on a string made before the fork; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || move_self(&procs));
     }

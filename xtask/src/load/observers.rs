@@ -68,14 +68,20 @@ impl Socklat {
             .stdout(Stdio::null())
             .spawn()
             .context("start socklat")?;
+        let daemon = Self { child, addr };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(addr, "/healthz").is_none() {
+        while !daemon.healthy() {
             if Instant::now() > deadline {
                 bail!("socklat did not become healthy");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Self { child, addr })
+        Ok(daemon)
+    }
+
+    /// Whether it answers /healthz.
+    pub fn healthy(&self) -> bool {
+        http_get(self.addr, "/healthz").is_some()
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -4,6 +4,8 @@
 use std::ffi::{CStr, c_char};
 
 // Minimal bindings (xtask keeps to std + anyhow + clap).
+// SAFETY: these are the C library's declarations of mmap(2), munmap(2), madvise(2),
+// open(2), write(2) and close(2) on 64-bit Linux (`off_t` is i64, `ssize_t` is isize).
 unsafe extern "C" {
     fn mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> *mut u8;
     fn munmap(addr: *mut u8, len: usize) -> i32;

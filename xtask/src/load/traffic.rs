@@ -1,6 +1,5 @@
-//! Traffic and faults to measure under: a loopback echo server, request/response and
-//! short-connection clients, a rate-limited steady load, the bench-client process and the
-//! page-fault loop.
+//! Traffic and faults to measure under: a loopback echo server, its clients (request/response,
+//! short connections, steady rate, the bench-client process) and the page-fault loop.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

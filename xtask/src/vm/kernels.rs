@@ -1,7 +1,5 @@
 //! The kernels of the matrix: which Debian packages hold them, downloaded once through a
 //! private apt configuration under target/vm, and their vmlinuz extracted.
-//!
-//! The host's sources are never touched; the mirror is the one the host's apt uses.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,7 +53,8 @@ pub fn download(labels: &[String]) -> Result<Vec<(String, PathBuf)>> {
 }
 
 /// Writes the private apt configuration (bullseye, bookworm, trixie-backports) under `dir`
-/// and fetches its package lists once; returns the apt options that select it.
+/// and fetches its package lists once; returns the apt options that select it. The host's
+/// sources are never touched; the mirror is the one the host's apt uses.
 fn apt_config(dir: &Path) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir.join("lists/partial"))?;
     std::fs::create_dir_all(dir.join("cache/archives/partial"))?;

@@ -1,6 +1,5 @@
-//! `cargo xtask vm-test`: the privileged tests on stock Debian kernels in QEMU (TCG), in
-//! every probe mode the kernel supports (../shared/docs/kernels.md); runs the matrix and
-//! prints its table.
+//! `cargo xtask vm-test`: the kernel matrix (the privileged tests on stock Debian kernels in
+//! QEMU, in every probe mode; ../shared/docs/kernels.md), its reruns and its table.
 
 mod initramfs;
 mod kernels;
