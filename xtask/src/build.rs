@@ -1,9 +1,10 @@
-//! Building the kernel object and the daemon.
+//! Building the kernel object, the daemon, and the static daemon and test binaries that
+//! the guests and the container image run.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 use crate::toolchain::{self, EbpfToolchain, needs_workaround};
 use crate::util::{root, run, step};
@@ -13,11 +14,29 @@ pub fn ebpf_object() -> PathBuf {
     root().join("target/ebpf/bpfel-unknown-none/release/observer")
 }
 
+/// The kernel programs' crate (a crate of its own, outside the workspace).
+pub fn ebpf_crate_dir() -> PathBuf {
+    root().join("observer-ebpf")
+}
+
+/// What every cargo command on the kernel crate shares: its directory, none of the host's
+/// `RUSTFLAGS`, a release build for bpfel-unknown-none into `target_dir`.
+pub fn for_ebpf_crate(cmd: &mut Command, target_dir: PathBuf) -> &mut Command {
+    cmd.current_dir(ebpf_crate_dir())
+        .env_remove("RUSTFLAGS")
+        .args([
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--target-dir",
+        ])
+        .arg(target_dir)
+}
+
 /// Builds the kernel object (observer-ebpf) for bpfel-unknown-none.
 pub fn build_ebpf() -> Result<PathBuf> {
     let tc = toolchain::ebpf_toolchain()?;
     toolchain::ensure_bpf_linker(&tc)?;
-    let root = root();
     let mut cmd;
     match &tc {
         EbpfToolchain::Debian { rustc, version } => {
@@ -30,36 +49,25 @@ pub fn build_ebpf() -> Result<PathBuf> {
                 // aya-ebpf uses feature(asm_experimental_arch) on bpf.
                 .env("RUSTC_BOOTSTRAP", "1")
                 .arg("build");
-            if needs_workaround(*version) {
-                cmd.arg("--ignore-rust-version");
-            }
         }
-        EbpfToolchain::Nightly { version } => {
+        EbpfToolchain::Nightly { .. } => {
             step("building the kernel object with rustup nightly and -Z build-std=core");
             cmd = Command::new("rustup");
             cmd.args(["run", "nightly", "cargo", "build", "-Z", "build-std=core"])
                 .env_remove("RUSTC");
-            if needs_workaround(*version) {
-                cmd.arg("--ignore-rust-version");
-            }
         }
     }
-    cmd.current_dir(root.join("observer-ebpf"))
-        .env_remove("RUSTFLAGS")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    let (EbpfToolchain::Debian { version, .. } | EbpfToolchain::Nightly { version }) = tc;
+    if needs_workaround(version) {
+        cmd.arg("--ignore-rust-version");
+    }
+    cmd.env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker")
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             "-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        )
-        .args([
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "--target-dir",
-        ])
-        .arg(root.join("target/ebpf"));
-    run(&mut cmd)?;
+        );
+    run(for_ebpf_crate(&mut cmd, root().join("target/ebpf")))?;
     let obj = ebpf_object();
     step(&format!("kernel object: {}", obj.display()));
     Ok(obj)
@@ -76,25 +84,38 @@ pub fn userspace_target_dir() -> PathBuf {
     }
 }
 
-/// A cargo command for the daemon crate with the `ebpf` feature, with the rust-version
-/// workaround applied only when the compiler needs it.
-pub fn userspace_cargo(subcommand: &str) -> Command {
+/// Flags that let compilers older than aya's `rust-version` build it: aya 0.16 declares
+/// rust-version 1.98 and calls `Option::map_or_default` (stable in 1.98); older compilers
+/// build it with the feature enabled (with `--ignore-rust-version` and `RUSTC_BOOTSTRAP`).
+const WORKAROUND_RUSTFLAGS: &str = "-Zcrate-attr=feature(result_option_map_or_default)";
+
+/// A cargo command for the daemon crate with the `ebpf` feature in `target_dir`, with
+/// `rustflags` (if any) and the rust-version workaround applied only when the compiler
+/// needs it.
+fn daemon_cargo(subcommand: &str, target_dir: PathBuf, rustflags: Option<&str>) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).arg(subcommand);
+    let mut flags = rustflags.map(str::to_string);
     if toolchain::host_rustc_version().is_some_and(needs_workaround) {
-        // aya 0.16 declares rust-version 1.98 and calls Option::map_or_default (stable in
-        // 1.98); older compilers build it with the feature enabled.
-        cmd.arg("--ignore-rust-version")
-            .env("RUSTC_BOOTSTRAP", "1")
-            .env(
-                "RUSTFLAGS",
-                "-Zcrate-attr=feature(result_option_map_or_default)",
-            );
+        cmd.arg("--ignore-rust-version").env("RUSTC_BOOTSTRAP", "1");
+        flags = Some(match flags {
+            Some(f) => format!("{WORKAROUND_RUSTFLAGS} {f}"),
+            None => WORKAROUND_RUSTFLAGS.to_string(),
+        });
     }
-    cmd.env("CARGO_TARGET_DIR", userspace_target_dir())
+    if let Some(f) = flags {
+        cmd.env("RUSTFLAGS", f);
+    }
+    cmd.env("CARGO_TARGET_DIR", target_dir)
         .env("SOCKLAT_EMBED_OBJECT", ebpf_object())
         .args(["-p", "observer", "--features", "ebpf"]);
     cmd
+}
+
+/// A cargo command for the daemon crate with the `ebpf` feature, in
+/// [`userspace_target_dir`].
+pub fn userspace_cargo(subcommand: &str) -> Command {
+    daemon_cargo(subcommand, userspace_target_dir(), None)
 }
 
 /// Builds the kernel object and the release daemon; returns the binary's path.
@@ -105,4 +126,83 @@ pub fn build_daemon() -> Result<PathBuf> {
     let bin = userspace_target_dir().join("release/socklat");
     step(&format!("daemon: {}", bin.display()));
     Ok(bin)
+}
+
+/// Where the static builds go (their flags differ from every other build's).
+fn static_target_dir() -> PathBuf {
+    root().join("target/vm/build")
+}
+
+/// Static test binaries and daemon; returns (daemon, [(test name, test binary)]).
+pub fn static_binaries() -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
+    build_ebpf()?;
+    step("building static test binaries and daemon for the guests");
+    let target_dir = static_target_dir();
+    let out = daemon_cargo(
+        "test",
+        target_dir.clone(),
+        Some("-C target-feature=+crt-static"),
+    )
+    .args([
+        "--release",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+        "--test",
+        "privileged",
+        "--test",
+        "connections",
+    ])
+    .args(["--no-run", "--message-format", "json"])
+    .output()
+    .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!(
+            "static build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tests = test_executables(&String::from_utf8_lossy(&out.stdout));
+    let daemon = target_dir.join("x86_64-unknown-linux-gnu/release/socklat");
+    if !daemon.exists() || tests.is_empty() {
+        bail!("static binaries missing after the build");
+    }
+    Ok((daemon, tests))
+}
+
+/// The (name, executable) of every test target in cargo's JSON messages.
+fn test_executables(messages: &str) -> Vec<(String, PathBuf)> {
+    let field = |line: &str, key: &str| {
+        line.split(key)
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    messages
+        .lines()
+        .filter(|l| l.contains("\"executable\":\"") && l.contains("\"kind\":[\"test\"]"))
+        .map(|l| (field(l, "\"name\":\""), field(l, "\"executable\":\"")))
+        .filter(|(_, exe)| !exe.is_empty())
+        .map(|(name, exe)| (name, PathBuf::from(exe)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn test_executables_from_cargo_messages() {
+        let messages = concat!(
+            r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"observer_common"},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"kind":["test"],"crate_types":["bin"],"name":"privileged"},"executable":"/t/privileged-1a"}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"socklat"},"executable":"/t/socklat"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            super::test_executables(messages),
+            [("privileged".to_string(), "/t/privileged-1a".into())]
+        );
+    }
 }

@@ -1,9 +1,5 @@
-//! `cargo xtask deploy-test` (the manifests: Kubernetes schemas, checkov, cross-checks) and
-//! `cargo xtask image` (builds the container image with podman and runs `socklat --check`
-//! in it with the `DaemonSet`'s capabilities and mounts).
-//!
-//! The Python tools come from `PyPI` into a venv under `target/` (pinned versions); YAML is
-//! read by `xtask/deploy.py` with the `PyYAML` that kubernetes-validate brings.
+//! `cargo xtask deploy-test` (the manifests: schemas, checkov, cross-checks) and `cargo
+//! xtask image` (the image, with `socklat --check` run in it as the `DaemonSet` runs it).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,7 +21,9 @@ fn venv() -> PathBuf {
     root().join("target/deploy-venv")
 }
 
-/// The venv with the validators, made on first use.
+/// The venv with the validators, made on first use. The Python tools come from `PyPI`
+/// (pinned versions); YAML is read by `xtask/deploy.py` with the `PyYAML` that
+/// kubernetes-validate brings.
 fn tools() -> Result<PathBuf> {
     let bin = venv().join("bin");
     if bin.join("checkov").exists() && bin.join("kubernetes-validate").exists() {
@@ -51,6 +49,18 @@ fn output(cmd: &mut Command) -> Result<Output> {
     cmd.output().with_context(|| format!("cannot run {cmd:?}"))
 }
 
+/// Standard output then standard error, as one text.
+fn both_streams(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// `xtask/deploy.py SUBCOMMAND` with the venv's Python (for its `PyYAML`).
+fn deploy_py(bin: &Path, subcommand: &str) -> Command {
+    let mut cmd = Command::new(bin.join("python"));
+    cmd.arg(root().join("xtask/deploy.py")).arg(subcommand);
+    cmd
+}
+
 /// Validates and lints the manifests and the image definition.
 pub fn deploy_test() -> Result<()> {
     let bin = tools()?;
@@ -74,8 +84,7 @@ pub fn deploy_test() -> Result<()> {
                     .args(["--strict", "-k", version])
                     .arg(m),
             )?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
+            let text = both_streams(&out);
             if !out.status.success() || !text.contains("passed") {
                 bail!("{name} does not validate against Kubernetes {version}:\n{text}");
             }
@@ -83,10 +92,7 @@ pub fn deploy_test() -> Result<()> {
         }
     }
     step("cross-checks of the manifests (selectors, ports, probes, privileges, mounts)");
-    run(Command::new(bin.join("python"))
-        .arg(root().join("xtask/deploy.py"))
-        .arg("check")
-        .arg(deploy_dir()))?;
+    run(deploy_py(&bin, "check").arg(deploy_dir()))?;
     step("promtool check rules, promtool test rules (the alerts fire on injected series)");
     let prom = deploy_dir().join("prometheus");
     run(Command::new("promtool")
@@ -141,20 +147,13 @@ struct PodShape {
 /// the `DaemonSet` asks for, `RuntimeDefault`) with `bpf` and `perf_event_open` allowed, as in
 /// containerd's and Docker's current defaults for containers with `CAP_BPF` and `CAP_PERFMON`.
 fn seccomp_profile(bin: &Path) -> Result<()> {
-    run(Command::new(bin.join("python"))
-        .arg(root().join("xtask/deploy.py"))
-        .arg("seccomp")
+    run(deploy_py(bin, "seccomp")
         .arg("/usr/share/containers/seccomp.json")
         .arg(root().join("target/image/seccomp.json")))
 }
 
 fn pod_shape(bin: &Path) -> Result<PodShape> {
-    let out = output(
-        Command::new(bin.join("python"))
-            .arg(root().join("xtask/deploy.py"))
-            .arg("podman")
-            .arg(deploy_dir()),
-    )?;
+    let out = output(deploy_py(bin, "podman").arg(deploy_dir()))?;
     if !out.status.success() {
         bail!(
             "reading daemonset.yaml: {}",
@@ -191,7 +190,7 @@ fn build_image() -> Result<String> {
     if Command::new("podman").arg("--version").output().is_err() {
         apt_install(&["podman", "runc"], "podman to build and run the image")?;
     }
-    let (daemon, _) = crate::vm::static_binaries()?;
+    let (daemon, _) = crate::build::static_binaries()?;
     let ctx = root().join("target/image");
     std::fs::create_dir_all(&ctx)?;
     std::fs::copy(&daemon, ctx.join("socklat"))?;
@@ -275,8 +274,7 @@ pub fn image() -> Result<()> {
     seccomp_profile(&bin)?;
     step("socklat --check in the image, with the DaemonSet's capabilities and mounts");
     let out = run_like_the_daemonset(&tag, &shape, "", &["--check"])?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = both_streams(&out);
     eprint!("{text}");
     if !out.status.success() {
         bail!("socklat --check failed in the image ({})", out.status);

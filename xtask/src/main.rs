@@ -1,18 +1,18 @@
-//! Developer commands: `cargo xtask <command>`.
+//! Developer commands: `cargo xtask <command>`, parsed here and dispatched to the module
+//! of each.
 
 mod bench;
 mod build;
 mod deploy;
+mod load;
+mod run;
 mod soak;
 mod test;
 mod toolchain;
 mod util;
 mod vm;
 
-use std::os::unix::process::CommandExt;
-use std::process::Command;
-
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -68,30 +68,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::BuildEbpf => build::build_ebpf().map(drop),
         Cmd::Build => build::build_daemon().map(drop),
-        Cmd::Run { args } => {
-            let bin = build::build_daemon()?;
-            let mut cmd = if util::is_root() {
-                Command::new(&bin)
-            } else if Command::new("sudo")
-                .arg("-n")
-                .arg("true")
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                let mut c = Command::new("sudo");
-                c.arg(&bin);
-                c
-            } else {
-                bail!(
-                    "the daemon needs root (or CAP_BPF and CAP_PERFMON): run `sudo {} {}`",
-                    bin.display(),
-                    args.join(" ")
-                );
-            };
-            util::step(&format!("starting {} {}", bin.display(), args.join(" ")));
-            let err = cmd.args(&args).exec();
-            bail!("cannot start {}: {err}", bin.display())
-        }
+        Cmd::Run { args } => run::run_daemon(&args),
         Cmd::Test => test::all(),
         Cmd::Lint => test::lint(),
         Cmd::DeployTest => deploy::deploy_test(),
@@ -99,6 +76,6 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench(o) => bench::bench(&o),
         Cmd::Soak(o) => soak::soak(&o),
         Cmd::VmTest(o) => vm::vm_test(&o),
-        Cmd::BenchClient { addr, requests } => bench::client(&addr, requests),
+        Cmd::BenchClient { addr, requests } => load::traffic::client(&addr, requests),
     }
 }

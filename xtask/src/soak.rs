@@ -1,27 +1,18 @@
-//! `cargo xtask soak --minutes N`: the daemon under steady request/response load plus cgroup
-//! churn (new cgroups with a little traffic every second, each removed right after), with
-//! a short `--cgroup-ttl` so that garbage collection runs all along. Every 10 s it records
-//! the daemon's resident memory, the time one scrape takes, the cgroups tracked and the
-//! events lost; at the end it reports the memory slope (least squares over the run after
-//! its first quarter) and the scrape time early and late. Samples go to target/soak.csv.
+//! `cargo xtask soak --minutes N`: the soak run (the daemon under steady load and cgroup
+//! churn, sampled every 10 s) and its report; the load itself is in `load`.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::bench::{
-    Observer, cgroup2_root, echo_server, http_get, median, metric_sum, mib, move_self, rss_kib,
-    start_socklat, stop,
-};
 use crate::build::build_daemon;
+use crate::load::cgroups::churn;
+use crate::load::measure::{TRACKED, event_counts, median, metric_sum, mib, rss_kib, timed_scrape};
+use crate::load::observers::Socklat;
+use crate::load::traffic::{EchoServer, steady_load};
 use crate::util::{is_root, root, step};
 
 /// Options of `cargo xtask soak`.
@@ -38,6 +29,7 @@ pub struct Opts {
     pub rate: u64,
 }
 
+/// What the daemon looked like at one point of the run.
 struct Sample {
     at: f64,
     rss_kib: u64,
@@ -57,94 +49,6 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     let num: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let den: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
     if den == 0.0 { 0.0 } else { num / den }
-}
-
-/// Two connections making `rate` request/responses per second in total until `stop`.
-fn steady_load(
-    addr: SocketAddr,
-    rate: u64,
-    stop: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<()>> {
-    (0..2)
-        .map(|_| {
-            let stop = Arc::clone(stop);
-            std::thread::spawn(move || {
-                let Ok(mut s) = TcpStream::connect(addr) else {
-                    return;
-                };
-                let _ = s.set_nodelay(true);
-                let mut buf = [0u8; 64];
-                let per_tick = (rate / 2 / 100).max(1);
-                while !stop.load(Ordering::Relaxed) {
-                    let tick = Instant::now();
-                    for _ in 0..per_tick {
-                        if s.write_all(&buf).is_err() || s.read_exact(&mut buf).is_err() {
-                            return;
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(10).saturating_sub(tick.elapsed()));
-                }
-            })
-        })
-        .collect()
-}
-
-/// Every second, `per_sec` new cgroups each run a 20-request client and are removed.
-fn churn(
-    addr: SocketAddr,
-    per_sec: usize,
-    stop: &Arc<AtomicBool>,
-    made: &Arc<AtomicU64>,
-) -> Result<std::thread::JoinHandle<()>> {
-    let cg_root = PathBuf::from(cgroup2_root()?);
-    let me = std::env::current_exe()?;
-    let stop = Arc::clone(stop);
-    let made = Arc::clone(made);
-    Ok(std::thread::spawn(move || {
-        let mut round = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let tick = Instant::now();
-            let mut kids = Vec::new();
-            for i in 0..per_sec {
-                let d = cg_root.join(format!("socklat-soak-{}-{round}-{i}", std::process::id()));
-                if std::fs::create_dir(&d).is_err() {
-                    continue;
-                }
-                let Ok(procs) =
-                    std::ffi::CString::new(d.join("cgroup.procs").to_string_lossy().as_bytes())
-                else {
-                    continue;
-                };
-                let mut cmd = Command::new(&me);
-                cmd.args(["bench-client", &addr.to_string(), "20"]);
-                // SAFETY: only open/write/close between fork and exec.
-                unsafe {
-                    cmd.pre_exec(move || move_self(&procs));
-                }
-                if let Ok(k) = cmd.spawn() {
-                    kids.push((k, d));
-                }
-            }
-            for (mut k, d) in kids {
-                let _ = k.wait();
-                for _ in 0..50 {
-                    if std::fs::remove_dir(&d).is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                made.fetch_add(1, Ordering::Relaxed);
-            }
-            round += 1;
-            std::thread::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed()));
-        }
-    }))
-}
-
-fn scrape(addr: SocketAddr) -> (f64, String) {
-    let t = Instant::now();
-    let text = http_get(addr, "/metrics").unwrap_or_default();
-    (t.elapsed().as_secs_f64() * 1e3, text)
 }
 
 /// Writes the samples to target/soak.csv and prints the report table.
@@ -203,22 +107,24 @@ fn report(o: &Opts, samples: &[Sample], alive: bool) -> Result<()> {
     Ok(())
 }
 
-/// Runs the soak and prints its report.
+/// Runs the soak and prints its report: the daemon under steady request/response load plus
+/// cgroup churn (new cgroups with a little traffic every second, each removed right after),
+/// with a short `--cgroup-ttl` so that garbage collection runs all along. Every 10 s it
+/// records the daemon's resident memory, the time one scrape takes, the cgroups tracked and
+/// the events lost; at the end it reports the memory slope (least squares over the run
+/// after its first quarter) and the scrape time early and late. Samples go to
+/// target/soak.csv.
 pub fn soak(o: &Opts) -> Result<()> {
     if !is_root() {
         bail!("the soak loads BPF programs and makes cgroups: run it as root");
     }
     let bin = build_daemon()?;
-    let obs = start_socklat(&bin, &["--cgroup-ttl", "30s"])?;
-    let Observer::Socklat(child, daddr) = &obs else {
-        unreachable!()
-    };
-    let pid = child.id();
+    let daemon = Socklat::start(&bin, &["--cgroup-ttl", "30s"])?;
     let stop_flag = Arc::new(AtomicBool::new(false));
-    let server = echo_server(64, Arc::clone(&stop_flag));
-    let load = steady_load(server, o.rate, &stop_flag);
+    let server = EchoServer::start(64);
+    let load = steady_load(server.addr(), o.rate, &stop_flag);
     let made = Arc::new(AtomicU64::new(0));
-    let churner = churn(server, o.churn, &stop_flag, &made)?;
+    let churner = churn(server.addr(), o.churn, &stop_flag, &made)?;
     let total = Duration::from_secs_f64(o.minutes * 60.0);
     step(&format!(
         "soak for {:.1} min: {} req/s steady, {} new cgroups/s, --cgroup-ttl 30s; a line every minute",
@@ -228,14 +134,15 @@ pub fn soak(o: &Opts) -> Result<()> {
     let mut samples = Vec::new();
     while start.elapsed() < total {
         std::thread::sleep(Duration::from_secs(10).min(total.saturating_sub(start.elapsed())));
-        let (ms, text) = scrape(*daddr);
+        let (ms, text) = timed_scrape(daemon.addr());
+        let (events, lost) = event_counts(&text);
         let s = Sample {
             at: start.elapsed().as_secs_f64(),
-            rss_kib: rss_kib(pid).0,
+            rss_kib: rss_kib(daemon.pid()).0,
             scrape_ms: ms,
-            tracked: metric_sum(&text, "socklat_cgroups_tracked "),
-            lost: metric_sum(&text, "socklat_ringbuf_lost_events_total{"),
-            events: metric_sum(&text, "socklat_events_total{"),
+            tracked: metric_sum(&text, TRACKED),
+            lost,
+            events,
             cgroups_made: made.load(Ordering::Relaxed),
         };
         if samples.len() % 6 == 5 {
@@ -257,9 +164,9 @@ pub fn soak(o: &Opts) -> Result<()> {
     for h in load {
         let _ = h.join();
     }
-    let _ = TcpStream::connect(server);
-    let alive = http_get(*daddr, "/healthz").is_some();
-    stop(obs);
+    server.stop();
+    let alive = daemon.healthy();
+    daemon.stop();
 
     report(o, &samples, alive)?;
     if !alive {

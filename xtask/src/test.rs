@@ -1,11 +1,13 @@
-//! `cargo xtask test`: every test layer, in order, stopping at the first failure.
+//! `cargo xtask test` (every test layer, in order, stopping at the first failure) and
+//! `cargo xtask lint` (rustfmt and clippy pedantic, the kernel crate's included).
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::build::{build_ebpf, userspace_cargo};
+use crate::build::{build_ebpf, ebpf_crate_dir, for_ebpf_crate, userspace_cargo};
+use crate::toolchain::{EbpfToolchain, apt_install, ebpf_toolchain};
 use crate::util::{is_root, root, run, step};
 
 /// Clippy pedantic (workspace lints) with warnings as errors, and rustfmt.
@@ -34,22 +36,21 @@ pub fn lint() -> Result<()> {
 /// workspace). Clippy comes from Debian's `rust-web-clippy`, made for the rustc that builds
 /// them; on the rustup path, from nightly.
 fn lint_ebpf() -> Result<()> {
-    let dir = root().join("observer-ebpf");
     step("rustfmt --check (kernel programs)");
     run(Command::new("cargo")
-        .current_dir(&dir)
+        .current_dir(ebpf_crate_dir())
         .args(["fmt", "--", "--check"]))?;
     step("clippy pedantic (kernel programs)");
     let args = ["-D", "warnings", "-W", "clippy::pedantic"].join("__CLIPPY_HACKERY__")
         + "__CLIPPY_HACKERY__";
-    let toolchain = crate::toolchain::ebpf_toolchain()?;
-    let nightly = matches!(toolchain, crate::toolchain::EbpfToolchain::Nightly { .. });
+    let toolchain = ebpf_toolchain()?;
+    let nightly = matches!(toolchain, EbpfToolchain::Nightly { .. });
     let mut cmd;
     match toolchain {
-        crate::toolchain::EbpfToolchain::Debian { rustc, .. } => {
+        EbpfToolchain::Debian { rustc, .. } => {
             let driver = Path::new("/usr/bin/clippy-driver");
             if !driver.exists() {
-                crate::toolchain::apt_install(
+                apt_install(
                     &["rust-web-clippy"],
                     "clippy for Debian's rustc, to lint the kernel programs",
                 )?;
@@ -61,20 +62,12 @@ fn lint_ebpf() -> Result<()> {
                 .env("CLIPPY_ARGS", args)
                 .args(["check", "--ignore-rust-version"]);
         }
-        crate::toolchain::EbpfToolchain::Nightly { .. } => {
+        EbpfToolchain::Nightly { .. } => {
             cmd = Command::new("rustup");
             cmd.args(["run", "nightly", "cargo", "clippy", "-Z", "build-std=core"]);
         }
     }
-    cmd.current_dir(&dir)
-        .env_remove("RUSTFLAGS")
-        .args([
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "--target-dir",
-        ])
-        .arg(root().join("target/ebpf-clippy"));
+    for_ebpf_crate(&mut cmd, root().join("target/ebpf-clippy"));
     if nightly {
         cmd.args(["--", "-D", "warnings", "-W", "clippy::pedantic"]);
     }

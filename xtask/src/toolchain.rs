@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{is_root, run, step};
+use crate::util::{is_root, run, step, succeeds};
 
 /// aya 0.16's `rust-version`.
 pub const AYA_RUST_VERSION: (u32, u32) = (1, 98);
@@ -113,10 +113,7 @@ pub fn ebpf_toolchain() -> Result<EbpfToolchain> {
 }
 
 fn bpf_linker_works() -> bool {
-    Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    succeeds(Command::new("bpf-linker").arg("--version"))
 }
 
 /// Makes sure `bpf-linker` is on PATH, installing it for the Debian path.

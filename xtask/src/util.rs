@@ -1,4 +1,4 @@
-//! Small helpers: the workspace root, privileges, running commands with a progress line.
+//! Small helpers: the workspace root, privileges, running commands, progress lines.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,6 +27,12 @@ pub fn is_root() -> bool {
 /// Prints a progress line for a long step.
 pub fn step(msg: &str) {
     eprintln!("==> {msg}");
+}
+
+/// Whether a command runs and exits successfully (its output captured and dropped): how
+/// xtask asks whether a tool is installed and working.
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|o| o.status.success())
 }
 
 /// Runs a command, failing with its name when it fails.

@@ -1,0 +1,118 @@
+//! Traffic from many cgroups: where cgroup v2 is mounted, bench clients started inside a
+//! new cgroup, a set of cgroups that each made traffic, and steady cgroup churn.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::sys::move_self;
+
+/// Requests each cgroup's client makes.
+const REQUESTS: &str = "20";
+
+/// Where cgroup v2 is mounted: /sys/fs/cgroup if it is there, else the first cgroup2 mount.
+pub fn cgroup2_root() -> Result<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut found = None;
+    for line in info.lines() {
+        if let Some((left, right)) = line.split_once(" - ")
+            && right.starts_with("cgroup2 ")
+        {
+            let mp = left.split_whitespace().nth(4).unwrap_or("").to_string();
+            if mp == "/sys/fs/cgroup" {
+                return Ok(mp);
+            }
+            found.get_or_insert(mp);
+        }
+    }
+    found.context("no cgroup v2 mount")
+}
+
+/// Starts `exe bench-client ADDR 20` (exe is this xtask) inside the existing cgroup `dir`.
+fn spawn_client(exe: &Path, dir: &Path, addr: SocketAddr) -> Result<Child> {
+    let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_string_lossy().as_bytes())?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench-client", &addr.to_string(), REQUESTS]);
+    // SAFETY: between fork and exec the closure only calls `move_self` (open/write/close,
+    // async-signal-safe) on a string made before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || move_self(&procs));
+    }
+    Ok(cmd.spawn()?)
+}
+
+/// `n` new cgroups under `root`, each of which has run a 20-request client against `addr`
+/// (32 at a time). Returns their directories, for [`remove_all`].
+pub fn make_active(root: &Path, n: usize, addr: SocketAddr) -> Result<Vec<PathBuf>> {
+    let me = std::env::current_exe()?;
+    let dirs: Vec<PathBuf> = (0..n)
+        .map(|i| root.join(format!("socklat-bench-{}-{i}", std::process::id())))
+        .collect();
+    for chunk in dirs.chunks(32) {
+        let mut kids = Vec::new();
+        for d in chunk {
+            std::fs::create_dir_all(d)?;
+            kids.push(spawn_client(&me, d, addr)?);
+        }
+        for mut k in kids {
+            let _ = k.wait();
+        }
+    }
+    Ok(dirs)
+}
+
+/// Removes the (empty) cgroups [`make_active`] made, ignoring failures.
+pub fn remove_all(dirs: &[PathBuf]) {
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// Every second until `stop`, `per_sec` new cgroups each run a 20-request client against
+/// `addr` and are removed; `made` counts them.
+pub fn churn(
+    addr: SocketAddr,
+    per_sec: usize,
+    stop: &Arc<AtomicBool>,
+    made: &Arc<AtomicU64>,
+) -> Result<JoinHandle<()>> {
+    let cg_root = PathBuf::from(cgroup2_root()?);
+    let me = std::env::current_exe()?;
+    let stop = Arc::clone(stop);
+    let made = Arc::clone(made);
+    Ok(std::thread::spawn(move || {
+        let mut round = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let tick = Instant::now();
+            let mut kids = Vec::new();
+            for i in 0..per_sec {
+                let d = cg_root.join(format!("socklat-soak-{}-{round}-{i}", std::process::id()));
+                if std::fs::create_dir(&d).is_err() {
+                    continue;
+                }
+                if let Ok(k) = spawn_client(&me, &d, addr) {
+                    kids.push((k, d));
+                }
+            }
+            for (mut k, d) in kids {
+                let _ = k.wait();
+                for _ in 0..50 {
+                    if std::fs::remove_dir(&d).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                made.fetch_add(1, Ordering::Relaxed);
+            }
+            round += 1;
+            std::thread::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed()));
+        }
+    }))
+}

@@ -1,0 +1,155 @@
+//! The observers a run is measured under: socklat itself (started on a free port and
+//! waited for until healthy) and a bpftrace script of similar reach, and stopping them.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::measure::http_get;
+use crate::toolchain::apt_install;
+use crate::util::{is_root, succeeds};
+
+/// Extra daemon flags for every socklat an observer starts (`bench --daemon-args`).
+pub const DAEMON_ARGS_ENV: &str = "SOCKLAT_BENCH_DAEMON_ARGS";
+
+/// Per-cgroup send and receive duration histograms, as a bpftrace user would write them:
+/// the peer the throughput bench compares socklat with.
+const BPFTRACE_SCRIPT: &str = r"
+tracepoint:raw_syscalls:sys_enter
+/args->id == 0 || args->id == 1 || args->id == 19 || args->id == 20 || args->id == 44 ||
+ args->id == 45 || args->id == 46 || args->id == 47 || args->id == 299 || args->id == 307/
+{ @start[tid] = nsecs; }
+tracepoint:sock:sock_send_length /args->protocol == 6 && @start[tid]/
+{ @send[cgroup] = hist(nsecs - @start[tid]); @start[tid] = nsecs; }
+tracepoint:sock:sock_recv_length /args->protocol == 6 && @start[tid]/
+{ @recv[cgroup] = hist(nsecs - @start[tid]); @start[tid] = nsecs; }
+";
+
+/// An observer running for one measured condition.
+pub enum Observer {
+    None,
+    Socklat(Socklat),
+    Bpftrace(Child),
+}
+
+impl Observer {
+    /// Stops the observer and waits for it to exit.
+    pub fn stop(self) {
+        match self {
+            Observer::None => {}
+            Observer::Socklat(d) => d.stop(),
+            Observer::Bpftrace(c) => terminate(c),
+        }
+    }
+}
+
+/// A running daemon and the address of its endpoints.
+pub struct Socklat {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Socklat {
+    /// Starts `bin` on a free loopback port with `extra` flags (and those of
+    /// [`DAEMON_ARGS_ENV`]); returns once it answers /healthz.
+    pub fn start(bin: &Path, extra: &[&str]) -> Result<Self> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let user_args = std::env::var(DAEMON_ARGS_ENV).unwrap_or_default();
+        let child = Command::new(bin)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(extra)
+            .args(user_args.split_whitespace())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start socklat")?;
+        let daemon = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !daemon.healthy() {
+            if Instant::now() > deadline {
+                bail!("socklat did not become healthy");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(daemon)
+    }
+
+    /// Whether it answers /healthz.
+    pub fn healthy(&self) -> bool {
+        http_get(self.addr, "/healthz").is_some()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the daemon (SIGTERM) and waits for it to exit.
+    pub fn stop(self) {
+        terminate(self.child);
+    }
+}
+
+/// Installs bpftrace (as root) if it is missing; without root a missing bpftrace fails
+/// the run when it starts.
+pub fn ensure_bpftrace() -> Result<()> {
+    if !succeeds(Command::new("bpftrace").arg("--version")) && is_root() {
+        apt_install(&["bpftrace"], "the peer the throughput bench compares with")?;
+    }
+    Ok(())
+}
+
+/// Starts [`BPFTRACE_SCRIPT`]; returns once its probes are attached.
+pub fn start_bpftrace() -> Result<Child> {
+    let mut child = Command::new("bpftrace")
+        .args(["-e", BPFTRACE_SCRIPT])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start bpftrace")?;
+    // bpftrace prints "Attaching N probes..." once attached.
+    let mut out = child.stdout.take().context("bpftrace stdout")?;
+    let mut buf = [0u8; 256];
+    let n = out.read(&mut buf).unwrap_or(0);
+    if !String::from_utf8_lossy(&buf[..n]).contains("Attaching") {
+        bail!(
+            "bpftrace did not attach: {}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 4096];
+        while out.read(&mut sink).is_ok_and(|n| n > 0) {}
+    });
+    Ok(child)
+}
+
+/// A loopback port free right now (19640 if none can be found).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(19640, |a| a.port())
+}
+
+/// SIGTERM, then wait.
+fn terminate(mut child: Child) {
+    signal(&child, 15);
+    let _ = child.wait();
+}
+
+fn signal(child: &Child, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}

@@ -1,0 +1,186 @@
+//! The guests' initramfs: busybox, the static binaries and the `/init` script, packed into a
+//! gzip'd newc cpio that xtask writes itself (no root or mknod needed).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::util::run;
+
+/// Writes the initramfs at `path`: busybox, an `/init` that tests `modes`, the daemon and
+/// the test binaries (each at its host path).
+pub fn write(
+    path: &Path,
+    daemon: &Path,
+    tests: &[(String, PathBuf)],
+    modes: &[String],
+) -> Result<()> {
+    let mut cpio = Cpio::new();
+    cpio.dir("/bin");
+    cpio.file("/bin/busybox", &std::fs::read("/bin/busybox")?, true);
+    cpio.file("/init", init_script(daemon, tests, modes).as_bytes(), true);
+    cpio.file(&daemon.to_string_lossy(), &std::fs::read(daemon)?, true);
+    for (_, exe) in tests {
+        cpio.file(&exe.to_string_lossy(), &std::fs::read(exe)?, true);
+    }
+    cpio.finish(path)
+}
+
+/// The guest's /init: mounts what the daemon needs, then for each mode asks `socklat
+/// --check` whether the mode attaches here and, if so, runs the test binaries in it.
+///
+/// What it prints on the serial console is what `verdict.rs` reads: `@@kernel`, then per
+/// mode `@@check MODE` followed by the `--check` output, and `@@result MODE TEST RC` per
+/// test binary or `@@skip MODE`; then `@@done RC`, also the QEMU exit code (2 x RC + 1).
+fn init_script(daemon: &Path, tests: &[(String, PathBuf)], modes: &[String]) -> String {
+    let mut s = String::from(
+        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n\
+         mkdir -p /proc /sys /dev /tmp /run\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n\
+         mount -t devtmpfs dev /dev\nmount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null\n\
+         mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null\nmount -t bpf bpf /sys/fs/bpf 2>/dev/null\n\
+         mount -t cgroup2 cgroup2 /sys/fs/cgroup\nip link set lo up\nexport SOCKLAT_VM=1 RUST_BACKTRACE=0\n\
+         echo \"@@kernel $(uname -r)\"\nrc=0\n",
+    );
+    let d = daemon.display();
+    let _ = writeln!(
+        s,
+        "echo '@@check auto'; {d} --check 2>&1; echo \"@@checkrc auto $?\""
+    );
+    for m in modes {
+        let _ = writeln!(
+            s,
+            "echo '@@check {m}'; {d} --check --probe-mode {m} 2>&1 | tee /tmp/check-{m}; c=$?"
+        );
+        let _ = writeln!(s, "if {d} --check --probe-mode {m} >/dev/null 2>&1; then");
+        for (name, exe) in tests {
+            let _ = writeln!(
+                s,
+                "  SOCKLAT_TEST_MODE={m} {} --test-threads=1 2>&1; r=$?; echo \"@@result {m} {name} $r\"; [ $r = 0 ] || rc=1",
+                exe.display()
+            );
+        }
+        let _ = writeln!(s, "else echo \"@@skip {m}\"; fi");
+    }
+    s.push_str("echo \"@@done $rc\"\nprintf \"\\\\$(printf %o $rc)\" | dd of=/dev/port bs=1 seek=244 2>/dev/null\npoweroff -f\n");
+    s
+}
+
+/// A gzip'd newc cpio archive written without root: directories, files, symlinks.
+struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn new() -> Self {
+        Self {
+            out: Vec::new(),
+            ino: 1,
+        }
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
+        let name = name.trim_start_matches('/');
+        let mut h = String::new();
+        let _ = write!(
+            h,
+            "070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0
+        );
+        self.ino += 1;
+        self.out.extend_from_slice(h.as_bytes());
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad();
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    /// Zeros up to the next multiple of 4 bytes, as newc aligns names and data.
+    fn pad(&mut self) {
+        while !self.out.len().is_multiple_of(4) {
+            self.out.push(0);
+        }
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040_755, &[]);
+    }
+
+    /// A file and every directory above it.
+    fn file(&mut self, name: &str, data: &[u8], exec: bool) {
+        let mut path = String::new();
+        let parts: Vec<&str> = name.trim_start_matches('/').split('/').collect();
+        for p in &parts[..parts.len() - 1] {
+            path.push('/');
+            path.push_str(p);
+            self.dir(&path);
+        }
+        self.entry(name, if exec { 0o100_755 } else { 0o100_644 }, data);
+    }
+
+    fn finish(mut self, path: &Path) -> Result<()> {
+        self.entry("TRAILER!!!", 0, &[]);
+        let raw = path.with_extension("");
+        std::fs::write(&raw, &self.out)?;
+        run(Command::new("gzip").arg("-f").arg("-1").arg(&raw))?;
+        let gz = PathBuf::from(format!("{}.gz", raw.display()));
+        if gz != path {
+            std::fs::rename(gz, path)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::{Cpio, init_script};
+
+    #[test]
+    fn script_reports_every_mode_and_test() {
+        let tests = [("privileged".to_string(), PathBuf::from("/t/privileged-1a"))];
+        let modes = ["fentry".to_string(), "tracepoint".to_string()];
+        let s = init_script(Path::new("/b/socklat"), &tests, &modes);
+        assert!(s.starts_with("#!/bin/busybox sh\n"));
+        assert!(s.contains("echo '@@check auto'; /b/socklat --check 2>&1;"));
+        for m in modes {
+            assert!(s.contains(&format!(
+                "echo '@@check {m}'; /b/socklat --check --probe-mode {m}"
+            )));
+            assert!(s.contains(&format!(
+                "SOCKLAT_TEST_MODE={m} /t/privileged-1a --test-threads=1 2>&1; r=$?; echo \"@@result {m} privileged $r\""
+            )));
+            assert!(s.contains(&format!("else echo \"@@skip {m}\"; fi\n")));
+        }
+        assert!(s.ends_with("poweroff -f\n"));
+    }
+
+    #[test]
+    fn cpio_entries_are_aligned_newc() {
+        let mut c = Cpio::new();
+        c.file("/b/x", b"abc", true);
+        // "/b" then "b/x", each a 110-byte header, the name and its NUL, padded to 4.
+        assert!(c.out.starts_with(b"07070100000001000041ED"));
+        assert_eq!(c.out.len() % 4, 0);
+        let second = 112;
+        assert_eq!(&c.out[second..second + 14], b"07070100000002");
+        assert_eq!(&c.out[second + 110..second + 114], b"b/x\0");
+        assert_eq!(&c.out[second + 116..second + 119], b"abc");
+    }
+}
