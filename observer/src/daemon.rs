@@ -6,12 +6,13 @@ use std::sync::Arc;
 use crate::cgroups::{Resolver, cgroup2_mount, check_cgroup2_root};
 use crate::cli::Cli;
 use crate::collector::{self, Maps, Settings};
-use crate::error::{Error, has_errno};
+use crate::error::Error;
 use crate::kernel::attach::Choice;
 use crate::kernel::caps::{self, CAP_BPF, CAP_PERFMON};
 use crate::kernel::load::{self, LoadError};
 use crate::kube::NameSource;
 use crate::probe_mode::ProbeMode;
+use crate::report::has_errno;
 
 /// Size of the shared ring: it carries every cgroup's events until the cgroup has a ring
 /// of its own, and all events of cgroups over `--max-cgroups`.

@@ -1,36 +1,6 @@
-//! Errors the daemon reports to the operator: each names what failed and what to do. Each
-//! module has its own error type (`BtfError`, `MountError`, `AttachError`, ...); this is
-//! the daemon's top level, and [`chain`], which prints an error with its sources.
-
-use std::fmt::Write as _;
-
-/// An error and its sources on one line: `a: b: c`.
-#[must_use]
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let _ = write!(s, ": {inner}");
-        src = inner.source();
-    }
-    s
-}
-
-/// Whether `e` or one of its sources is an operating system error `errno`.
-#[must_use]
-pub fn has_errno(e: &(dyn std::error::Error + 'static), errno: i32) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(errno))
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
+//! The daemon's fatal errors, reported to the operator: each names what failed and what to
+//! do. Each module has its own error type (`BtfError`, `MountError`, `AttachError`, ...);
+//! this is the top level. [`crate::report`] prints an error with its sources.
 
 /// A fatal daemon error.
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,7 @@ pub mod error;
 pub mod idmap;
 pub mod labels;
 pub mod probe_mode;
+pub mod report;
 pub mod signal;
 pub mod units;
 

@@ -11,7 +11,7 @@ fn main() {
     match observer::daemon::run(&cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("socklat: error: {}", observer::error::chain(&e));
+            eprintln!("socklat: error: {}", observer::report::chain(&e));
             std::process::exit(1);
         }
     }

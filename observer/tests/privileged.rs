@@ -770,7 +770,8 @@ fn kubernetes_cgroups_are_named_from_the_kubelet_logs() {
     assert_eq!(sends(&m, &b, "", uid_b, &id_b), Some(calls[1]), "b by ids");
 
     // B's logs appear (the kubelet writes them after the runtime made the cgroup).
-    observer::kube::write_fake_kubelet_logs(&logs, "batch", "job-x", uid_b, "worker", &id_b).unwrap();
+    observer::kube::write_fake_kubelet_logs(&logs, "batch", "job-x", uid_b, "worker", &id_b)
+        .unwrap();
     let t = Instant::now();
     let named = loop {
         let m = daemon.scrape();

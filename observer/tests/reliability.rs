@@ -254,9 +254,7 @@ fn cgroups_past_the_limit_are_counted_under_other() {
         .collect();
     let m = daemon.scrape();
     let series: std::collections::BTreeSet<&str> =
-        m.0.iter()
-            .filter_map(|s| s.label("cgroup"))
-            .collect();
+        m.0.iter().filter_map(|s| s.label("cgroup")).collect();
     assert!(
         series.len() <= 4,
         "more than 3 cgroups + _other: {series:?}"

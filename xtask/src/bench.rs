@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::build::build_daemon;
 use crate::load::cgroups::{self, cgroup2_root};
-use crate::load::measure::{TRACKED, event_counts, median, metric_sum, mib, rss_kib, scrape};
+use observer::exposition::Family;
+
+use crate::load::measure::{event_counts, median, metric_sum, mib, rss_kib, scrape};
 use crate::load::observers::{DAEMON_ARGS_ENV, Observer, Socklat, ensure_bpftrace, start_bpftrace};
 use crate::load::traffic::{EchoServer, connect_load, fault_load, rr_load};
 use crate::util::{is_root, root, step};
@@ -213,7 +215,7 @@ fn memory(bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
     for n in [1usize, 100, 1000] {
         let daemon = Socklat::start(bin, &[])?;
         let dirs = cgroups::make_active(&cg_root, n, server.addr())?;
-        let tracked = metric_sum(&scrape(daemon.addr()), TRACKED);
+        let tracked = metric_sum(&scrape(daemon.addr()), Family::CgroupsTracked);
         let (rss, anon, file) = rss_kib(daemon.pid());
         daemon.stop();
         cgroups::remove_all(&dirs);

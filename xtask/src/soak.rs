@@ -10,7 +10,9 @@ use anyhow::{Result, bail};
 
 use crate::build::build_daemon;
 use crate::load::cgroups::churn;
-use crate::load::measure::{TRACKED, event_counts, median, metric_sum, mib, rss_kib, timed_scrape};
+use observer::exposition::Family;
+
+use crate::load::measure::{event_counts, median, metric_sum, mib, rss_kib, timed_scrape};
 use crate::load::observers::Socklat;
 use crate::load::traffic::{EchoServer, steady_load};
 use crate::util::{is_root, root, step};
@@ -140,7 +142,7 @@ pub fn soak(o: &Opts) -> Result<()> {
             at: start.elapsed().as_secs_f64(),
             rss_kib: rss_kib(daemon.pid()).0,
             scrape_ms: ms,
-            tracked: metric_sum(&text, TRACKED),
+            tracked: metric_sum(&text, Family::CgroupsTracked),
             lost,
             events,
             cgroups_made: made.load(Ordering::Relaxed),

@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn cgroup_root_flag_is_checked() {
-        let e = crate::error::chain(
+        let e = crate::report::chain(
             &check_cgroup2_root(Path::new("/nonexistent-socklat")).unwrap_err(),
         );
         assert!(e.starts_with("--cgroup-root /nonexistent-socklat: "), "{e}");

@@ -9,8 +9,8 @@ use aya::{Btf, Ebpf};
 
 use super::programs::{self, Hook, KernelShape, Program};
 use super::tracefs::{self, TracefsError};
-use crate::error::chain;
 use crate::probe_mode::ProbeMode;
+use crate::report::chain;
 use crate::signal::Signal;
 
 /// Why a program or a mode did not attach.
@@ -69,7 +69,7 @@ impl Choice {
             let _ = write!(s, " ({n})");
         }
         for (m, why) in &self.rejected {
-            let _ = write!(s, "\n    {} unavailable: {why}", m.name());
+            let _ = write!(s, "\n    {}", m.rejected_line(why));
         }
         s
     }

@@ -123,7 +123,7 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, LoadError> {
             (Signal::Connections, Err(e)) => Choice {
                 signal,
                 mode: None,
-                rejected: vec![(ProbeMode::Tracepoint, crate::error::chain(e))],
+                rejected: vec![(ProbeMode::Tracepoint, crate::report::chain(e))],
                 note: None,
             },
             (Signal::Connections, Ok(_)) => attacher.choose(signal, &[ProbeMode::Tracepoint]),

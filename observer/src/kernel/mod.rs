@@ -1,6 +1,6 @@
 //! Everything that talks to the kernel's BPF side: reading its BTF, the program table,
 //! loading the object and attaching programs, tracefs, capabilities, program info. Only
-//! this module and [`crate::collector`] touch aya.
+//! this module and the collector touch aya.
 
 pub mod btf;
 pub mod caps;

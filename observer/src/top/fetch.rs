@@ -101,7 +101,7 @@ mod tests {
     fn fetch_names_the_problem() {
         let e = fetch("https://x/metrics").unwrap_err().to_string();
         assert!(e.contains("only http://"), "{e}");
-        let e = crate::error::chain(&fetch("http://127.0.0.1:1/metrics").unwrap_err());
+        let e = crate::report::chain(&fetch("http://127.0.0.1:1/metrics").unwrap_err());
         assert!(e.contains("cannot reach the daemon"), "{e}");
     }
 }

@@ -122,7 +122,7 @@ pub fn run(a: &TopArgs) -> i32 {
     match r {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("socklat top: {}", crate::error::chain(&e));
+            eprintln!("socklat top: {}", crate::report::chain(&e));
             1
         }
     }
@@ -159,7 +159,7 @@ fn live(a: &TopArgs, mut view: View) -> Result<(), TopError> {
                 (render(&r, &view, terminal_width()), now)
             }
             Err(e) => {
-                status = crate::error::chain(&e);
+                status = crate::report::chain(&e);
                 (String::new(), Instant::now())
             }
         };

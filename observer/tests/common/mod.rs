@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use observer::exposition::parse::{Sample, parse};
-pub use observer::testutil::quantile;
+pub use observer::testutil::{free_port, http_get, quantile};
 
 /// The worker role this process was started for (`SOCKLAT_TEST_ROLE`), if any: every test
 /// binary re-executes itself as worker processes inside cgroups.
@@ -134,14 +134,6 @@ pub struct Daemon {
     pub addr: SocketAddr,
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Daemon {
     /// Starts `socklat` on a free loopback port with the given extra flags and waits until
     /// /healthz says the probes are attached.
@@ -226,28 +218,6 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
-}
-
-/// A minimal HTTP GET; returns (status, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
 }
 
 /// Per thread of `pid`: (tid, `CapEff`, `CapPrm`, `CapBnd`) as /proc prints them.

@@ -20,19 +20,8 @@ const REQUESTS: &str = "20";
 /// Where cgroup v2 is mounted: /sys/fs/cgroup if it is there, else the first cgroup2 mount.
 pub fn cgroup2_root() -> Result<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut found = None;
-    for line in info.lines() {
-        if let Some((left, right)) = line.split_once(" - ")
-            && right.starts_with("cgroup2 ")
-        {
-            let mp = left.split_whitespace().nth(4).unwrap_or("").to_string();
-            if mp == "/sys/fs/cgroup" {
-                return Ok(mp);
-            }
-            found.get_or_insert(mp);
-        }
-    }
-    found.context("no cgroup v2 mount")
+    let mount = observer::cgroups::cgroup2_mount_from(&info).context("no cgroup v2 mount")?;
+    Ok(mount.to_string_lossy().into_owned())
 }
 
 /// Starts `exe bench-client ADDR 20` (exe is this xtask) inside the existing cgroup `dir`.

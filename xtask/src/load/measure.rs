@@ -1,28 +1,19 @@
 //! What the runs read back: a daemon's endpoints over HTTP, sums of its samples, a process's
 //! resident memory, and medians.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Instant;
 
-/// Sample prefixes in the daemon's exposition.
-pub const EVENTS: &str = "socklat_events_total{";
-pub const LOST: &str = "socklat_ringbuf_lost_events_total{";
-pub const TRACKED: &str = "socklat_cgroups_tracked ";
-
-/// The body of a 200 answer to `GET path`, or `None`.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.starts_with("HTTP/1.1 200").then_some(out)
-}
+use observer::exposition::Family;
+use observer::exposition::parse::parse;
+pub use observer::testutil::http_get;
 
 /// A daemon's /metrics text (empty if it does not answer).
 pub fn scrape(addr: SocketAddr) -> String {
-    http_get(addr, "/metrics").unwrap_or_default()
+    match http_get(addr, "/metrics") {
+        Ok((200, body)) => body,
+        _ => String::new(),
+    }
 }
 
 /// [`scrape`], with the milliseconds it took.
@@ -32,17 +23,23 @@ pub fn timed_scrape(addr: SocketAddr) -> (f64, String) {
     (t.elapsed().as_secs_f64() * 1e3, text)
 }
 
-/// The sum of the samples whose line starts with `prefix` in an exposition text.
-pub fn metric_sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+/// The sum of the samples of family `f` in an exposition text (0 for text that does not
+/// parse: a daemon that did not answer).
+pub fn metric_sum(text: &str, f: Family) -> f64 {
+    parse(text)
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s.name == f.name())
+        .map(|s| s.value)
         .sum()
 }
 
 /// (events received, lost) in an exposition text, summed over their labels.
 pub fn event_counts(text: &str) -> (f64, f64) {
-    (metric_sum(text, EVENTS), metric_sum(text, LOST))
+    (
+        metric_sum(text, Family::Events),
+        metric_sum(text, Family::Lost),
+    )
 }
 
 /// (`VmRSS`, `RssAnon`, `RssFile` + `RssShmem`) of a process in KiB, 0 where unknown.
@@ -89,7 +86,7 @@ mod tests {
                     socklat_ringbuf_lost_events_total{ring=\"shared\"} 2\n\
                     socklat_cgroups_tracked 7\n";
         assert_eq!(event_counts(text), (15.0, 2.0));
-        assert!((metric_sum(text, TRACKED) - 7.0).abs() < f64::EPSILON);
+        assert!((metric_sum(text, Family::CgroupsTracked) - 7.0).abs() < f64::EPSILON);
         assert!((median(vec![3.0, 1.0, 2.0]) - 2.0).abs() < f64::EPSILON);
         assert!((median(vec![4.0, 1.0, 3.0, 2.0]) - 3.0).abs() < f64::EPSILON);
         assert!(median(Vec::new()).is_nan());

@@ -2,16 +2,16 @@
 //! waited for until healthy) and a bpftrace script of similar reach, and stopping them.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::measure::http_get;
 use crate::toolchain::apt_install;
 use crate::util::{is_root, succeeds};
+use observer::testutil::{free_port, http_get};
 
 /// Extra daemon flags for every socklat an observer starts (`bench --daemon-args`).
 pub const DAEMON_ARGS_ENV: &str = "SOCKLAT_BENCH_DAEMON_ARGS";
@@ -81,7 +81,7 @@ impl Socklat {
 
     /// Whether it answers /healthz.
     pub fn healthy(&self) -> bool {
-        http_get(self.addr, "/healthz").is_some()
+        http_get(self.addr, "/healthz").is_ok_and(|(code, _)| code == 200)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -132,13 +132,6 @@ pub fn start_bpftrace() -> Result<Child> {
         while out.read(&mut sink).is_ok_and(|n| n > 0) {}
     });
     Ok(child)
-}
-
-/// A loopback port free right now (19640 if none can be found).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_or(19640, |a| a.port())
 }
 
 /// SIGTERM, then wait.

@@ -1,5 +1,5 @@
 //! `cargo xtask vm-test`: the kernel matrix (the privileged tests on stock Debian kernels in
-//! QEMU, in every probe mode; ../shared/docs/kernels.md), its reruns and its table.
+//! QEMU, in every probe mode; docs/kernels.md), its reruns and its table.
 
 mod initramfs;
 mod kernels;

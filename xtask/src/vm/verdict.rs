@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use observer::probe_mode::ProbeMode;
+
 /// Cells that fail for a reason outside socklat's control, reported as such instead of
 /// failing the run: (kernel label, mode, the only failures allowed, reason). Any other
 /// failure in such a cell still fails the run.
@@ -17,10 +19,6 @@ const KNOWN_LIMITS: &[(&str, &str, &[&str], &str)] = &[(
      the receive errors that mark a connection `error`) come out short; auto mode uses \
      fentry on this kernel",
 )];
-
-/// The modes whose rejection `socklat --check` explains, one line each:
-/// `    MODE unavailable: REASON` (`Choice::describe` in observer/src/loader.rs).
-const MODES: &[&str] = &["tracepoint", "fentry", "kprobe"];
 
 /// The result of one probe mode on one kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,13 +176,10 @@ impl<'a> SerialLog<'a> {
     }
 }
 
-/// `MODE unavailable...` (a trimmed `--check` line explaining why a mode was rejected):
-/// the mode.
+/// `MODE unavailable: ...` (a trimmed `--check` line explaining why a mode was rejected,
+/// in the daemon's format): the mode.
 fn unavailable(line: &str) -> Option<&'static str> {
-    MODES.iter().copied().find(|m| {
-        line.strip_prefix(m)
-            .is_some_and(|rest| rest.starts_with(" unavailable"))
-    })
+    ProbeMode::rejected_in(line).map(ProbeMode::name)
 }
 
 #[cfg(test)]
