@@ -16,12 +16,10 @@ const CGROUPS: u64 = 64;
 const BATCH: usize = 4096;
 
 fn records(cgroup_id: u64, seed: u64) -> Vec<[u8; observer_common::EVENT_SIZE]> {
-    let mut x = seed | 1;
+    let mut rng = observer::testutil::Rng(seed | 1);
     (0..BATCH)
         .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next_u64();
             let kind = if i % 2 == 0 {
                 EventKind::SendMsg
             } else {

@@ -74,14 +74,9 @@ pub fn delay_server() -> SocketAddr {
 
 /// Deterministic delays spread uniformly over [lo, hi] microseconds.
 pub fn delays(n: usize, lo: u32, hi: u32, seed: u64) -> Vec<u32> {
-    let mut x = seed;
+    let mut rng = observer::testutil::Rng(seed);
     (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            lo + u32::try_from(x % u64::from(hi - lo + 1)).unwrap()
-        })
+        .map(|_| lo + u32::try_from(rng.next_u64() % u64::from(hi - lo + 1)).unwrap())
         .collect()
 }
 
