@@ -190,7 +190,7 @@ fn outcomes_are_exact_per_cgroup_on_both_sides() {
     let closed_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     // The guests of the kernel matrix have no `ip netns`: the timeout scenario runs on the
     // host only.
-    let netns = (!common::in_vm()).then(DropNetns::new);
+    let netns = (!common::in_vm()).then(DropNetns::create);
 
     // (scenario, client outcome, server outcome or None when no server is involved)
     let scenarios: [(&str, &str, Option<&str>); 7] = [
@@ -415,7 +415,7 @@ fn established_timeout_and_retransmits() {
         return;
     }
     let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
-    let netns = DropNetns::new();
+    let netns = DropNetns::create();
     netns.peer_address(true);
     let port = free_port();
     let server_cg = TestCgroup::new("silent-server");

@@ -1,12 +1,16 @@
 //! Test harness for the privileged tests: the real daemon as a child process, real cgroup
 //! v2 groups, worker processes placed in them, and the daemon's numbers read with its own
 //! exposition parser.
+#![expect(
+    clippy::must_use_candidate,
+    reason = "test helpers whose results their callers use; a mark on each adds nothing"
+)]
 
 pub mod traffic;
 
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -293,7 +297,7 @@ pub struct DropNetns {
 }
 
 impl DropNetns {
-    pub fn new() -> Self {
+    pub fn create() -> Self {
         let name = format!("socklat-drop-{}", std::process::id());
         let peer = format!("socklat-peer-{}", std::process::id());
         let ip = |args: &[&str]| {

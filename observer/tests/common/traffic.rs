@@ -1,5 +1,9 @@
 //! Traffic of known shape for the privileged tests: a server answering after the delay each
 //! request names, and the client role that times every call it makes.
+#![expect(
+    clippy::must_use_candidate,
+    reason = "test helpers whose results their callers use; a mark on each adds nothing"
+)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
