@@ -9,7 +9,7 @@
 ///
 /// | kind | value | result |
 /// |---|---|---|
-/// | [`EventKind::SendMsg`], [`EventKind::RecvMsg`] | call duration, ns | bytes (>= 0) or `-errno` |
+/// | [`EventKind::SendMsg`], [`EventKind::RecvMsg`] | call duration, ns | bytes (>= 0), `-errno`, or [`CALL_UNTIMED`] |
 /// | [`EventKind::PageFault`] | fault duration, ns | [`FAULT_MAJOR`] / [`FAULT_KERNEL`] flags |
 /// | [`EventKind::ConnClose`] | 0 | [`Outcome`] as `i32` |
 #[repr(C)]
@@ -101,7 +101,7 @@ impl EventKind {
 pub enum Outcome {
     /// RST in reply to our SYN.
     Refused = 0,
-    /// `SYN_SENT` to CLOSE without RST.
+    /// `SYN_SENT` to CLOSE with ETIMEDOUT, or given up without an error.
     ConnectTimeout = 1,
     /// The peer reset the connection.
     ResetReceived = 2,
@@ -113,12 +113,15 @@ pub enum Outcome {
     Error = 5,
     /// None of the above.
     Normal = 6,
+    /// ICMP host or network unreachable on a connect (EHOSTUNREACH, ENETUNREACH).
+    Unreachable = 7,
 }
 
 impl Outcome {
     /// All outcomes, in classification order.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Refused,
+        Outcome::Unreachable,
         Outcome::ConnectTimeout,
         Outcome::ResetReceived,
         Outcome::ResetSent,
@@ -138,6 +141,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Error => "error",
             Outcome::Normal => "normal",
+            Outcome::Unreachable => "unreachable",
         }
     }
 
@@ -152,6 +156,7 @@ impl Outcome {
             4 => Some(Outcome::Timeout),
             5 => Some(Outcome::Error),
             6 => Some(Outcome::Normal),
+            7 => Some(Outcome::Unreachable),
             _ => None,
         }
     }
@@ -183,6 +188,65 @@ pub const FAULT_KERNEL: i32 = 2;
 
 /// `EAGAIN` on Linux; a call returning `-EAGAIN` is counted, not timed.
 pub const EAGAIN: i32 = 11;
+/// `EINTR` on Linux.
+pub const EINTR: i32 = 4;
+/// `ERESTARTSYS` .. `ERESTART_RESTARTBLOCK` (include/linux/errno.h): kernel-internal codes of
+/// a call interrupted by a signal, which the kernel restarts or turns into `EINTR`.
+pub const ERESTART: core::ops::RangeInclusive<i32> = 512..=516;
+
+/// `Event::result` of a socket call that reached a TCP socket but could not be timed (no
+/// entry of the thread's current syscall was recorded): not a byte count, not an errno.
+pub const CALL_UNTIMED: i32 = i32::MIN;
+
+/// How a socket call's return value is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallResult {
+    /// A byte count: timed.
+    Ok,
+    /// `-EAGAIN`: counted, not timed.
+    Again,
+    /// Interrupted by a signal (`-EINTR`, `-ERESTARTSYS` ..): counted, not timed, and not an
+    /// error of the connection.
+    Interrupted,
+    /// Reached a TCP socket but could not be timed.
+    Untimed,
+    /// Any other error: counted, and marks the connection abnormal.
+    Error,
+}
+
+impl CallResult {
+    /// Classifies a socket call's return value (or [`CALL_UNTIMED`]).
+    #[expect(
+        clippy::inline_always,
+        reason = "used by the kernel programs, which inline every helper"
+    )]
+    #[inline(always)]
+    #[must_use]
+    pub const fn of(ret: i32) -> CallResult {
+        if ret >= 0 {
+            CallResult::Ok
+        } else if ret == CALL_UNTIMED {
+            CallResult::Untimed
+        } else if ret == -EAGAIN {
+            CallResult::Again
+        } else if ret == -EINTR || (ret <= -*ERESTART.start() && ret >= -*ERESTART.end()) {
+            CallResult::Interrupted
+        } else {
+            CallResult::Error
+        }
+    }
+
+    /// Whether a call returning `ret` is an error of its connection.
+    #[expect(
+        clippy::inline_always,
+        reason = "used by the kernel programs, which inline every helper"
+    )]
+    #[inline(always)]
+    #[must_use]
+    pub const fn marks_connection(ret: i32) -> bool {
+        matches!(CallResult::of(ret), CallResult::Error)
+    }
+}
 
 /// Per-cgroup page fault counters kept in the kernel (a per-CPU hash keyed by cgroup id).
 #[repr(C)]
@@ -243,10 +307,13 @@ unsafe impl aya::Pod for FaultCache {}
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CallStart {
-    /// `bpf_ktime_get_ns()` at the call's entry; 0 means "in a syscall we do not time".
+    /// `bpf_ktime_get_ns()` at the call's entry; 0 once used (tracepoint mode).
     pub ts: u64,
-    /// The socket of the call (fentry/kprobe modes), to mark connections on errors.
+    /// The socket of the call (fentry/kprobe modes), to mark connections on errors; the
+    /// faulting address of a page fault.
     pub sk: u64,
+    /// The syscall whose entry `ts` is (tracepoint mode); flags of a page fault.
+    pub nr: i64,
 }
 
 /// Names of maps, programs and globals, shared so that neither side spells them twice.
@@ -276,8 +343,12 @@ pub mod names {
     pub const ENABLE_CONN: &str = "ENABLE_CONN";
     /// Global: offset of `sock_common.skc_family` (kernel BTF).
     pub const OFF_SK_FAMILY: &str = "OFF_SK_FAMILY";
-    /// Global: offset of `sock.sk_protocol` (kernel BTF).
-    pub const OFF_SK_PROTOCOL: &str = "OFF_SK_PROTOCOL";
+    /// Global: offset of the first of `sock.sk_type` and `sk_protocol`, adjacent u16s
+    /// (their order differs between kernels).
+    pub const OFF_SK_TYPE_PROTOCOL: &str = "OFF_SK_TYPE_PROTOCOL";
+    /// Global: the 4 bytes at `OFF_SK_TYPE_PROTOCOL` of a `SOCK_STREAM` socket of protocol
+    /// TCP, as a little-endian u32.
+    pub const SK_TCP_STREAM: &str = "SK_TCP_STREAM";
     /// Global: offset of `sock.sk_err` (kernel BTF).
     pub const OFF_SK_ERR: &str = "OFF_SK_ERR";
     /// Global: offset of the cgroup pointer in `sock.sk_cgrp_data` (kernel BTF).
@@ -377,6 +448,30 @@ mod tests {
         long[..EVENT_SIZE].copy_from_slice(&bytes);
         assert_eq!(Event::from_bytes(&long), None);
         assert_eq!(Event::from_bytes(&[]), None);
+    }
+
+    #[test]
+    fn call_results_are_classified() {
+        assert_eq!(CallResult::of(0), CallResult::Ok);
+        assert_eq!(CallResult::of(1 << 20), CallResult::Ok);
+        assert_eq!(CallResult::of(-EAGAIN), CallResult::Again);
+        for ret in [-4, -512, -513, -514, -515, -516] {
+            assert_eq!(CallResult::of(ret), CallResult::Interrupted, "{ret}");
+            assert!(!CallResult::marks_connection(ret));
+        }
+        for ret in [-104, -32, -511, -517, -1] {
+            assert_eq!(CallResult::of(ret), CallResult::Error, "{ret}");
+            assert!(CallResult::marks_connection(ret));
+        }
+        assert_eq!(CallResult::of(CALL_UNTIMED), CallResult::Untimed);
+        assert!(!CallResult::marks_connection(CALL_UNTIMED));
+    }
+
+    #[test]
+    fn outcomes_round_trip() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::from_i32(o as i32), Some(o));
+        }
     }
 
     #[test]

@@ -13,12 +13,18 @@ use observer_common::{
     CONN_CALL_ERROR, CONN_RST_RECEIVED, CONN_RST_SENT, ConnState, Event, EventKind, Outcome,
 };
 
-use crate::maps::{CONN_UNTRACKED, CONNECTIONS, RETRANSMITS, bump, emit};
+use crate::maps::{CONN_UNTRACKED, CONNECTIONS, RETRANSMITS, atomic_add, bump, emit};
 
 #[unsafe(no_mangle)]
 static OFF_SK_FAMILY: Global<u64> = Global::new(16);
+/// The first of `sock.sk_type` and `sk_protocol` (adjacent u16s since Linux 5.6, in an
+/// order that differs between kernels): one 4-byte read gives both. 0 when unknown (no
+/// BTF): the classic tracepoint programs then check the record's protocol only.
 #[unsafe(no_mangle)]
-static OFF_SK_PROTOCOL: Global<u64> = Global::new(0);
+static OFF_SK_TYPE_PROTOCOL: Global<u64> = Global::new(0);
+/// What those 4 bytes hold for a TCP stream socket (set by the daemon from their order).
+#[unsafe(no_mangle)]
+static SK_TCP_STREAM: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_SK_ERR: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
@@ -70,11 +76,24 @@ pub fn sk_cgroup(sk: u64) -> u64 {
     read::<u64>(kn, OFF_KN_ID.load()).unwrap_or(ROOT_CGROUP)
 }
 
+/// Whether `sk` is a TCP stream socket of IPv4 or IPv6 (a raw socket of protocol TCP is
+/// not: its type is `SOCK_RAW`).
 #[inline(always)]
 pub fn is_tcp(sk: u64) -> bool {
     let family = read::<u16>(sk, OFF_SK_FAMILY.load()).unwrap_or(0);
-    let protocol = read::<u16>(sk, OFF_SK_PROTOCOL.load()).unwrap_or(0);
-    protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6)
+    (family == AF_INET || family == AF_INET6) && is_stream_of_tcp(sk)
+}
+
+/// Whether `sk`'s type is `SOCK_STREAM` and its protocol TCP (one read of both).
+#[inline(always)]
+pub fn is_stream_of_tcp(sk: u64) -> bool {
+    read::<u32>(sk, OFF_SK_TYPE_PROTOCOL.load()) == Some(SK_TCP_STREAM.load())
+}
+
+/// Whether the socket type can be checked (the offsets came from BTF).
+#[inline(always)]
+pub fn knows_sk_type() -> bool {
+    OFF_SK_TYPE_PROTOCOL.load() != 0
 }
 
 /// Adds `flags` to the state of connection `sk`, creating it when first seen.
@@ -142,8 +161,7 @@ pub fn socklat_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         (s.cgroup_id, s.flags)
     } else {
         if let Some(n) = CONN_UNTRACKED.get_ptr_mut(0) {
-            // SAFETY: a per-CPU value, written only by this CPU.
-            unsafe { *n += 1 };
+            atomic_add(n, 1);
         }
         (sk_cgroup(sk), 0)
     };
@@ -189,7 +207,8 @@ pub fn socklat_tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Called by the socket call probes: a call on `sk` failed with `ret` (< 0, not -EAGAIN).
+/// Called by the socket call probes: a call on `sk` failed with an error of the connection
+/// (not -EAGAIN, not interrupted by a signal).
 #[inline(always)]
 pub fn call_error(sk: u64) {
     if ENABLE_CONN.load() != 0 && sk != 0 && CONNECTIONS.get_ptr(&sk).is_some() {

@@ -6,12 +6,17 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, raw_tracepoint},
     programs::{FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
-use observer_common::{CallStart, Event, EventKind, FAULT_KERNEL, FAULT_MAJOR};
+use observer_common::{CallStart, Event, EventKind, FAULT_KERNEL, FAULT_MAJOR, FaultCounts};
 
 use crate::maps::{CALL_START, FAULT_CACHE, bump_faults, current_cgroup, emit};
 
-/// `VM_FAULT_MAJOR` (`include/linux/mm_types.h`).
+/// `VM_FAULT_MAJOR` (`include/linux/mm_types.h`, `enum vm_fault_reason`; the same values
+/// from 5.10 on).
 const VM_FAULT_MAJOR: u32 = 0x4;
+/// `VM_FAULT_RETRY`: the fault must be retried (the mmap lock was dropped).
+const VM_FAULT_RETRY: u32 = 0x400;
+/// `VM_FAULT_COMPLETED` (5.17+): done, with the mmap lock already released.
+const VM_FAULT_COMPLETED: u32 = 0x4000;
 /// `FAULT_FLAG_USER` (`include/linux/mm_types.h`).
 const FAULT_FLAG_USER: u32 = 1 << 6;
 
@@ -22,14 +27,13 @@ const FAULT_FLAG_USER: u32 = 1 << 6;
 #[inline(always)]
 fn count_fault(kernel: bool) {
     let cgroup_id = current_cgroup();
+    let one = FaultCounts {
+        user: u64::from(!kernel),
+        kernel: u64::from(kernel),
+        ..FaultCounts::default()
+    };
     let Some(cache) = FAULT_CACHE.get_ptr_mut(0) else {
-        bump_faults(cgroup_id, |c| {
-            if kernel {
-                c.kernel += 1;
-            } else {
-                c.user += 1;
-            }
-        });
+        bump_faults(cgroup_id, one);
         return;
     };
     // SAFETY: a per-CPU value, used only by this CPU while preemption is disabled.
@@ -37,10 +41,7 @@ fn count_fault(kernel: bool) {
     if cache.cgroup_id != cgroup_id {
         let old = cache.counts;
         if old.user != 0 || old.kernel != 0 {
-            bump_faults(cache.cgroup_id, |c| {
-                c.user += old.user;
-                c.kernel += old.kernel;
-            });
+            bump_faults(cache.cgroup_id, old);
         }
         cache.cgroup_id = cgroup_id;
         cache.counts.user = 0;
@@ -65,49 +66,73 @@ pub fn socklat_page_fault_kernel(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// `CallStart::nr` of a fault: it was taken in user mode.
+const START_USER: i64 = 1;
+/// `CallStart::nr` of a fault: a call for it returned `VM_FAULT_RETRY`, and the fault is
+/// being retried (another `handle_mm_fault` call for the same address follows).
+const START_RETRYING: i64 = 2;
+
+/// `handle_mm_fault(vma, address, flags, regs)` entered.
 #[inline(always)]
-fn fault_entry(flags: u32) {
-    // Whether the fault is a user fault rides in the timestamp's lowest bit (2 ns
-    // resolution is plenty for a fault).
-    // SAFETY: a helper without arguments.
-    let ts = unsafe { bpf_ktime_get_ns() } & !1;
-    let user = u64::from(flags & FAULT_FLAG_USER != 0);
+fn fault_entry(address: u64, flags: u32) {
     // Key faults apart from socket calls of the same thread with the top bit.
     let key = bpf_get_current_pid_tgid() | (1 << 63);
-    let _ = CALL_START.insert(
-        &key,
-        &CallStart {
-            ts: ts | user,
-            sk: 0,
+    if let Some(start) = CALL_START.get_ptr_mut(&key) {
+        // SAFETY: a value of our own map; only this thread writes its own entry.
+        let start = unsafe { &mut *start };
+        if start.nr & START_RETRYING != 0 && start.sk == address {
+            // The same fault, retried (the per-VMA lock's fallback to mmap_lock since 6.4,
+            // or after waiting for I/O): one fault, timed from its first entry.
+            return;
+        }
+    }
+    let start = CallStart {
+        // SAFETY: a helper without arguments.
+        ts: unsafe { bpf_ktime_get_ns() },
+        sk: address,
+        nr: if flags & FAULT_FLAG_USER != 0 {
+            START_USER
+        } else {
+            0
         },
-        0,
-    );
+    };
+    let _ = CALL_START.insert(&key, &start, 0);
 }
 
+/// `handle_mm_fault` returned `ret` (a `vm_fault_t`).
 #[inline(always)]
 fn fault_exit(ctx: &impl aya_ebpf::EbpfContext, ret: u32) {
     let key = bpf_get_current_pid_tgid() | (1 << 63);
-    // SAFETY: a value of our own map, copied out at once.
-    let Some(start) = (unsafe { CALL_START.get(&key) }).copied() else {
+    let Some(start) = CALL_START.get_ptr_mut(&key) else {
         return;
     };
+    // SAFETY: a value of our own map; only this thread writes its own entry.
+    let start = unsafe { &mut *start };
+    if ret & VM_FAULT_RETRY != 0 && ret & VM_FAULT_COMPLETED == 0 {
+        // Not done: the architecture's fault handler calls handle_mm_fault again for this
+        // address (or gives up on a fatal signal, as the kernel's own fault counters do).
+        start.nr |= START_RETRYING;
+        return;
+    }
+    let start = *start;
     let _ = CALL_START.remove(&key);
     // SAFETY: a helper without arguments.
-    let duration = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts & !1);
+    let duration = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts);
     let major = ret & VM_FAULT_MAJOR != 0;
     let cgroup_id = current_cgroup();
-    bump_faults(cgroup_id, |c| {
-        if major {
-            c.major += 1;
-        } else {
-            c.minor += 1;
-        }
-    });
+    bump_faults(
+        cgroup_id,
+        FaultCounts {
+            major: u64::from(major),
+            minor: u64::from(!major),
+            ..FaultCounts::default()
+        },
+    );
     let mut result = 0;
     if major {
         result |= FAULT_MAJOR;
     }
-    if start.ts & 1 == 0 {
+    if start.nr & START_USER == 0 {
         result |= FAULT_KERNEL;
     }
     emit(
@@ -125,8 +150,7 @@ fn fault_exit(ctx: &impl aya_ebpf::EbpfContext, ret: u32) {
 //                            unsigned int flags, struct pt_regs *regs)
 #[fentry(function = "handle_mm_fault")]
 pub fn socklat_fentry_handle_mm_fault(ctx: FEntryContext) -> i32 {
-    let flags: u32 = ctx.arg(2);
-    fault_entry(flags);
+    fault_entry(ctx.arg(1), ctx.arg(2));
     0
 }
 
@@ -139,8 +163,7 @@ pub fn socklat_fexit_handle_mm_fault(ctx: FExitContext) -> i32 {
 
 #[kprobe]
 pub fn socklat_kprobe_handle_mm_fault(ctx: ProbeContext) -> u32 {
-    let flags: u32 = ctx.arg(2).unwrap_or(0);
-    fault_entry(flags);
+    fault_entry(ctx.arg(1).unwrap_or(0), ctx.arg(2).unwrap_or(0));
     0
 }
 

@@ -3,6 +3,8 @@
 //! code path). Losses are counted in `maps::LOST_EVENTS`, never silent.
 #![no_std]
 #![no_main]
+// `maps::atomic_add` is one BPF instruction in inline assembly.
+#![feature(asm_experimental_arch)]
 // Linted with clippy pedantic by `cargo xtask lint` (Debian's clippy for its rustc). These
 // two are how eBPF code is written: every helper is inlined on purpose (one program, no
 // BPF-to-BPF calls to reason about), and aya's program macros hand over the context by

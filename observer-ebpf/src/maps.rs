@@ -119,11 +119,28 @@ fn put(ring: &Ring, event: Event) -> bool {
     true
 }
 
+/// Adds `v` to the counter at `p` with one atomic instruction (`lock xadd`, BPF_ATOMIC |
+/// BPF_ADD, every kernel): a per-CPU counter is also incremented by programs that run in
+/// softirq, or that preempt a fentry program (which runs preemptible), on the same CPU, and
+/// a plain load-add-store between them would lose one of the increments.
+#[inline(always)]
+pub fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points to a u64 in a map value (the verifier checks it); the instruction
+    // adds `v` to it atomically and touches nothing else.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) p,
+            v = in(reg) v,
+            options(nostack)
+        );
+    }
+}
+
 #[inline(always)]
 fn count_lost<C: aya_ebpf::EbpfContext>(ctx: &C, cgroup_id: u64) {
     if let Some(n) = LOST_EVENTS.get_ptr_mut(&cgroup_id) {
-        // SAFETY: a per-CPU value, written only by this CPU while preemption is disabled.
-        unsafe { *n += 1 };
+        atomic_add(n, 1);
         return;
     }
     if LOST_EVENTS.insert(&cgroup_id, &1, BPF_NOEXIST).is_ok() {
@@ -133,13 +150,11 @@ fn count_lost<C: aya_ebpf::EbpfContext>(ctx: &C, cgroup_id: u64) {
         );
         return;
     }
-    // Another CPU created the entry between our lookup and insert, or the map is full.
+    // Another program created the entry between our lookup and insert, or the map is full.
     if let Some(n) = LOST_EVENTS.get_ptr_mut(&cgroup_id) {
-        // SAFETY: as above.
-        unsafe { *n += 1 };
+        atomic_add(n, 1);
     } else if let Some(n) = LOST_EVENTS.get_ptr_mut(&UNATTRIBUTED) {
-        // SAFETY: as above.
-        unsafe { *n += 1 };
+        atomic_add(n, 1);
     } else {
         let _ = LOST_EVENTS.insert(&UNATTRIBUTED, &1, 0);
     }
@@ -150,8 +165,7 @@ fn count_lost<C: aya_ebpf::EbpfContext>(ctx: &C, cgroup_id: u64) {
 pub fn bump(map: &PerCpuHashMap<u64, u64, COUNTER_MAP_ENTRIES>, cgroup_id: u64) {
     for _ in 0..2 {
         if let Some(n) = map.get_ptr_mut(&cgroup_id) {
-            // SAFETY: a per-CPU value, written only by this CPU while preemption is disabled.
-            unsafe { *n += 1 };
+            atomic_add(n, 1);
             return;
         }
         if map.insert(&cgroup_id, &1, BPF_NOEXIST).is_ok() {
@@ -160,20 +174,29 @@ pub fn bump(map: &PerCpuHashMap<u64, u64, COUNTER_MAP_ENTRIES>, cgroup_id: u64) 
     }
 }
 
-/// Adds to a per-CPU per-cgroup counter struct, creating it when absent.
+/// Adds `add` to a cgroup's per-CPU fault counters, creating them when absent.
 #[inline(always)]
-pub fn bump_faults(cgroup_id: u64, f: impl Fn(&mut FaultCounts)) {
+pub fn bump_faults(cgroup_id: u64, add: FaultCounts) {
     for _ in 0..2 {
         if let Some(c) = FAULT_COUNTS.get_ptr_mut(&cgroup_id) {
-            // SAFETY: a per-CPU value, written only by this CPU while preemption is disabled.
-            f(unsafe { &mut *c });
+            // SAFETY: field pointers into our own map value.
+            unsafe {
+                for (field, v) in [
+                    (&raw mut (*c).user, add.user),
+                    (&raw mut (*c).kernel, add.kernel),
+                    (&raw mut (*c).major, add.major),
+                    (&raw mut (*c).minor, add.minor),
+                ] {
+                    if v != 0 {
+                        atomic_add(field, v);
+                    }
+                }
+            }
             return;
         }
-        let mut fresh = FaultCounts::default();
-        f(&mut fresh);
-        if FAULT_COUNTS.insert(&cgroup_id, &fresh, BPF_NOEXIST).is_ok() {
+        if FAULT_COUNTS.insert(&cgroup_id, &add, BPF_NOEXIST).is_ok() {
             return;
         }
-        // EEXIST: another CPU inserted it first; go round once more and add to it.
+        // EEXIST: another program inserted it first; go round once more and add to it.
     }
 }

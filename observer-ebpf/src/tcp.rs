@@ -4,18 +4,23 @@
 //! * tracepoint mode times from the entry of a send/recv-family syscall (one raw
 //!   `sys_enter` hook filtered by number) to `sock:sock_send_length` /
 //!   `sock:sock_recv_length`, which fire when the socket call returns (Linux >= 6.3,
-//!   commit 6e6eda44b939 "net: sock: introduce sock_{send,recv}_length tracepoints").
+//!   commit 6e6eda44b939 "net: sock: introduce sock_{send,recv}_length tracepoints"), and
+//!   only when the thread is still in the syscall whose entry was recorded.
 
 use aya_ebpf::{
     EbpfContext, Global,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_task_pt_regs,
+    },
     macros::{fentry, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
     programs::{
         FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
         TracePointContext,
     },
 };
-use observer_common::{CallStart, EAGAIN, Event, EventKind};
+use observer_common::{CALL_UNTIMED, CallResult, CallStart, Event, EventKind};
 
 use crate::conn::{self, AF_INET, AF_INET6, IPPROTO_TCP};
 use crate::maps::{CALL_START, SYSCALL_START, current_cgroup, emit};
@@ -27,20 +32,61 @@ static ENABLE_SEND: Global<u32> = Global::new(1);
 #[unsafe(no_mangle)]
 static ENABLE_RECV: Global<u32> = Global::new(1);
 
-// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-const NR_READ: i64 = 0;
-const NR_WRITE: i64 = 1;
-const NR_READV: i64 = 19;
-const NR_WRITEV: i64 = 20;
-const NR_SENDFILE: i64 = 40;
-const NR_SENDTO: i64 = 44;
-const NR_RECVFROM: i64 = 45;
-const NR_SENDMSG: i64 = 46;
-const NR_RECVMSG: i64 = 47;
-const NR_SPLICE: i64 = 275;
-const NR_RECVMMSG: i64 = 299;
-const NR_SENDMMSG: i64 = 307;
-const NR_IO_URING_ENTER: i64 = 426;
+/// Syscall numbers of the send/recv family: the syscalls whose entry `socklat_sys_enter`
+/// records. Other syscalls that reach a socket (sendfile, splice, io_uring_enter, a 32-bit
+/// process's syscalls) are not timed: their socket calls count as untimed, because the
+/// syscall the thread is in is not the one whose entry was recorded.
+#[cfg(bpf_target_arch = "x86_64")]
+mod nr {
+    // arch/x86/entry/syscalls/syscall_64.tbl
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const READV: i64 = 19;
+    pub const WRITEV: i64 = 20;
+    pub const SENDTO: i64 = 44;
+    pub const RECVFROM: i64 = 45;
+    pub const SENDMSG: i64 = 46;
+    pub const RECVMSG: i64 = 47;
+    pub const RECVMMSG: i64 = 299;
+    pub const SENDMMSG: i64 = 307;
+}
+
+/// Whether the tracepoint mode times syscall `id`.
+#[inline(always)]
+fn timed_syscall(id: i64) -> bool {
+    matches!(
+        id,
+        nr::READ
+            | nr::WRITE
+            | nr::READV
+            | nr::WRITEV
+            | nr::SENDTO
+            | nr::RECVFROM
+            | nr::SENDMSG
+            | nr::RECVMSG
+            | nr::RECVMMSG
+            | nr::SENDMMSG
+    )
+}
+
+/// Whether syscall `id` sends or receives several messages, each timed from the end of the
+/// one before.
+#[inline(always)]
+fn multi_message(id: i64) -> bool {
+    id == nr::RECVMMSG || id == nr::SENDMMSG
+}
+
+/// The syscall the current thread is in (`orig_ax` of its saved registers), -1 when none.
+#[inline(always)]
+fn current_syscall() -> i64 {
+    // SAFETY: helpers without preconditions in tracing programs; the registers are read
+    // with bpf_probe_read_kernel, which copes with any address.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        bpf_probe_read_kernel(core::ptr::addr_of!((*regs).orig_rax))
+            .map_or(-1, |v| v.cast_signed())
+    }
+}
 
 // Record layout of sock:sock_send_length / sock_recv_length (checked by the daemon
 // against the tracefs format file before attaching).
@@ -70,27 +116,26 @@ fn send_event(ctx: &impl EbpfContext, kind: EventKind, duration: u64, ret: i32) 
 
 // ---------------------------------------------------------------- tracepoint mode
 
-/// Raw `sys_enter`: remembers when the current thread entered a syscall that can reach
-/// `sock_sendmsg` / `sock_recvmsg`. Syscalls that reach them without being one plain
-/// send or receive (`sendfile`, `splice`, `io_uring_enter`) are marked untimed, so that a
-/// stale entry never times them.
+/// Raw `sys_enter`: remembers when the current thread entered a syscall of the send/recv
+/// family, and which one.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn socklat_sys_enter(ctx: RawTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
-    let ts = match id {
-        NR_READ | NR_WRITE | NR_READV | NR_WRITEV | NR_SENDTO | NR_RECVFROM | NR_SENDMSG
-        | NR_RECVMSG | NR_RECVMMSG | NR_SENDMMSG => now(),
-        NR_SENDFILE | NR_SPLICE | NR_IO_URING_ENTER => 0,
-        _ => return 0,
-    };
+    if !timed_syscall(id) {
+        return 0;
+    }
+    let ts = now();
     let key = bpf_get_current_pid_tgid();
     // Update in place when the thread has an entry: an LRU map update would allocate a new
     // element and unlink the old one, several times the cost of a lookup.
     if let Some(start) = SYSCALL_START.get_ptr_mut(&key) {
         // SAFETY: a value of our own map; only this thread writes its own entry.
-        unsafe { (*start).ts = ts };
+        unsafe {
+            (*start).ts = ts;
+            (*start).nr = id;
+        }
     } else {
-        let _ = SYSCALL_START.insert(&key, &CallStart { ts, sk: 0 }, 0);
+        let _ = SYSCALL_START.insert(&key, &CallStart { ts, sk: 0, nr: id }, 0);
     }
     0
 }
@@ -117,28 +162,34 @@ fn sock_length(ctx: &TracePointContext, kind: EventKind) {
     }
     // SAFETY: the record's `sk` field (offset 8, checked with the others).
     let sk = unsafe { rec.add(TP_SK).cast::<u64>().read() };
+    // The record has no socket type: a raw socket of protocol TCP looks the same there.
+    if conn::knows_sk_type() && !conn::is_stream_of_tcp(sk) {
+        return;
+    }
     socket_call_returned(ctx, kind, sk, ret);
 }
 
 /// A TCP socket call of the current thread returned `ret`: times it from the entry of its
-/// syscall (recorded by `socklat_sys_enter`) and marks the connection of a failed call.
+/// syscall (recorded by `socklat_sys_enter`) if that is the syscall the thread is in now,
+/// else counts it untimed; marks the connection of a failed call.
 #[inline(always)]
 fn socket_call_returned(ctx: &impl EbpfContext, kind: EventKind, sk: u64, ret: i32) {
-    let Some(start) = SYSCALL_START.get_ptr_mut(&bpf_get_current_pid_tgid()) else {
-        return;
-    };
-    // SAFETY: a value of our own map; only this thread writes its own entry.
-    let start = unsafe { &mut *start };
-    if start.ts == 0 {
-        return;
-    }
-    if ret < 0 && ret != -EAGAIN {
+    if CallResult::marks_connection(ret) {
         conn::call_error(sk);
     }
+    let start = SYSCALL_START.get_ptr_mut(&bpf_get_current_pid_tgid());
+    // SAFETY: a value of our own map; only this thread writes its own entry.
+    let start = start.map(|s| unsafe { &mut *s });
+    let Some(start) = start.filter(|s| s.ts != 0 && s.nr == current_syscall()) else {
+        send_event(ctx, kind, 0, CALL_UNTIMED);
+        return;
+    };
     let t = now();
     let duration = t.saturating_sub(start.ts);
-    // A syscall that sends several messages (sendmmsg) times each from the end of the last.
-    start.ts = t;
+    // A syscall that sends several messages (sendmmsg) times each from the end of the last;
+    // any other has one socket call, and a second one in the same syscall (io_uring task
+    // work run at its exit) is not timed from its entry.
+    start.ts = if multi_message(start.nr) { t } else { 0 };
     send_event(ctx, kind, duration, ret);
 }
 
@@ -194,18 +245,26 @@ pub fn socklat_sock_recv_length(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn call_entry(sk: u64) {
-    let _ = CALL_START.insert(&bpf_get_current_pid_tgid(), &CallStart { ts: now(), sk }, 0);
+    let _ = CALL_START.insert(
+        &bpf_get_current_pid_tgid(),
+        &CallStart { ts: now(), sk, nr: 0 },
+        0,
+    );
 }
 
+/// A `tcp_sendmsg`/`tcp_recvmsg` call returned `ret`: times it from its entry, or counts it
+/// untimed when the entry is not there (evicted from the table, or the call began before
+/// the probes were attached).
 #[inline(always)]
 fn call_exit(ctx: &impl EbpfContext, kind: EventKind, ret: i32) {
     let key = bpf_get_current_pid_tgid();
     // SAFETY: a value of our own map, copied out at once.
     let Some(start) = (unsafe { CALL_START.get(&key) }).copied() else {
+        send_event(ctx, kind, 0, CALL_UNTIMED);
         return;
     };
     let _ = CALL_START.remove(&key);
-    if ret < 0 && ret != -EAGAIN {
+    if CallResult::marks_connection(ret) {
         conn::call_error(start.sk);
     }
     send_event(ctx, kind, now().saturating_sub(start.ts), ret);

@@ -31,8 +31,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Largest `--ring-size`: the shared ring is four times a cgroup's ring, and a ring may have
+/// at most 2 GiB (its size is a 32-bit power of two).
+pub const MAX_RING_SIZE: u64 = 512 << 20;
+
 /// Parses a ring size: bytes, or with a K or M suffix (KiB, MiB); a power of two and a
-/// multiple of the page size, at most 1 GiB.
+/// multiple of the page size, at most [`MAX_RING_SIZE`].
 ///
 /// # Errors
 /// One line naming the problem.
@@ -55,9 +59,10 @@ pub fn parse_ring_size(s: &str) -> Result<u32, String> {
             "{bytes} bytes is not a power of two and a multiple of the page size ({page}): try 256K"
         ));
     }
-    if bytes > 1 << 30 {
+    if bytes > MAX_RING_SIZE {
         return Err(format!(
-            "{bytes} bytes is more than the 1 GiB a ring may have"
+            "{bytes} bytes is too large: the shared ring is 4 times this size and a ring may \
+             have at most 2 GiB, so at most 512M"
         ));
     }
     u32::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large"))
@@ -102,7 +107,18 @@ mod tests {
         );
         assert!(parse_ring_size("1024").unwrap_err().contains("page size"));
         assert!(parse_ring_size("4G").is_err());
-        assert!(parse_ring_size("2048M").unwrap_err().contains("1 GiB"));
+        assert!(
+            parse_ring_size("2048M")
+                .unwrap_err()
+                .contains("at most 512M")
+        );
+        // 1 GiB fits in u32, but the shared ring (4x) would not.
+        assert!(
+            parse_ring_size("1024M")
+                .unwrap_err()
+                .contains("shared ring")
+        );
+        assert_eq!(parse_ring_size("512M"), Ok(512 << 20));
         assert!(parse_ring_size("-1").is_err());
     }
 }

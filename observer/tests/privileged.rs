@@ -199,7 +199,7 @@ fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
                 cg.label,
                 samples.len()
             );
-            for other in ["eagain", "error"] {
+            for other in ["eagain", "interrupted", "untimed", "error"] {
                 let n = scrape.get(
                     "socklat_tcp_calls_total",
                     &[base[0], base[1], ("result", other)],

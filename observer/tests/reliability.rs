@@ -30,7 +30,7 @@ fn role_client() {
 fn counted_and_lost(m: &Metrics, cg: &TestCgroup) -> (f64, f64) {
     let mut counted = 0.0;
     for call in ["sendmsg", "recvmsg"] {
-        for result in ["ok", "eagain", "error"] {
+        for result in ["ok", "eagain", "interrupted", "untimed", "error"] {
             counted += m
                 .get(
                     "socklat_tcp_calls_total",

@@ -19,11 +19,24 @@ pub fn ebpf_crate_dir() -> PathBuf {
     root().join("observer-ebpf")
 }
 
+/// The architecture whose kernel the object is built for (its syscall numbers and
+/// `pt_regs`): the one xtask runs on.
+pub const BPF_TARGET_ARCH: &str = std::env::consts::ARCH;
+
+/// The BPF instruction set the object is built for, pinned so that a newer LLVM default
+/// cannot emit instructions older verifiers refuse (v3: Linux >= 5.1; v4 needs 6.6).
+pub const BPF_CPU: &str = "v3";
+
 /// What every cargo command on the kernel crate shares: its directory, none of the host's
-/// `RUSTFLAGS`, a release build for bpfel-unknown-none into `target_dir`.
+/// `RUSTFLAGS` but the target architecture's cfg (aya-ebpf and our programs read it), a
+/// release build for bpfel-unknown-none into `target_dir`.
 pub fn for_ebpf_crate(cmd: &mut Command, target_dir: PathBuf) -> &mut Command {
     cmd.current_dir(ebpf_crate_dir())
         .env_remove("RUSTFLAGS")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{BPF_TARGET_ARCH}\""),
+        )
         .args([
             "--release",
             "--target",
@@ -62,12 +75,18 @@ pub fn build_ebpf() -> Result<PathBuf> {
         cmd.arg("--ignore-rust-version");
     }
     cmd.env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker")
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        );
-    run(for_ebpf_crate(&mut cmd, root().join("target/ebpf")))?;
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker");
+    for_ebpf_crate(&mut cmd, root().join("target/ebpf")).env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        [
+            format!("--cfg=bpf_target_arch=\"{BPF_TARGET_ARCH}\""),
+            "-Cdebuginfo=2".to_string(),
+            "-Clink-arg=--btf".to_string(),
+            format!("-Ctarget-cpu={BPF_CPU}"),
+        ]
+        .join("\x1f"),
+    );
+    run(&mut cmd)?;
     let obj = ebpf_object();
     step(&format!("kernel object: {}", obj.display()));
     Ok(obj)
@@ -151,6 +170,8 @@ pub fn static_binaries() -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
         "privileged",
         "--test",
         "connections",
+        "--test",
+        "accuracy",
     ])
     .args(["--no-run", "--message-format", "json"])
     .output()

@@ -89,6 +89,8 @@ pub fn all() -> Result<()> {
         );
     }
     build_ebpf()?;
+    step("unit tests against the kernel object (program table, instruction set; no root)");
+    run(userspace_cargo("test").args(["--release", "--lib"]))?;
     step("privileged integration tests (real probes, real traffic, real cgroups)");
     run(userspace_cargo("test").args([
         "--release",
@@ -100,6 +102,8 @@ pub fn all() -> Result<()> {
         "operator",
         "--test",
         "reliability",
+        "--test",
+        "accuracy",
         "--",
         "--test-threads=1",
     ]))?;

@@ -1,7 +1,7 @@
 //! Everything known about one cgroup (or about `_other`): its socket calls, connections and
 //! page fault durations, recorded from decoded events.
 
-use observer_common::{EAGAIN, Event, EventKind, FAULT_MAJOR, Outcome};
+use observer_common::{CallResult, Event, EventKind, FAULT_MAJOR, Outcome};
 
 use super::connections::ConnAgg;
 use super::duration::DurationAgg;
@@ -12,16 +12,20 @@ use crate::signal::Signal;
 pub struct CallResults {
     pub ok: u64,
     pub eagain: u64,
+    pub interrupted: u64,
+    pub untimed: u64,
     pub error: u64,
 }
 
 impl CallResults {
     /// `(result label, count)` in exposition order.
     #[must_use]
-    pub fn by_label(&self) -> [(&'static str, u64); 3] {
+    pub fn by_label(&self) -> [(&'static str, u64); 5] {
         [
             ("ok", self.ok),
             ("eagain", self.eagain),
+            ("interrupted", self.interrupted),
+            ("untimed", self.untimed),
             ("error", self.error),
         ]
     }
@@ -79,14 +83,16 @@ impl CgroupAgg {
                 results: CallResults::default(),
             })
         });
-        if ev.result >= 0 {
-            call.results.ok += 1;
-            call.durations.advance(epoch);
-            call.durations.record(ev.value);
-        } else if ev.result == -EAGAIN {
-            call.results.eagain += 1;
-        } else {
-            call.results.error += 1;
+        match CallResult::of(ev.result) {
+            CallResult::Ok => {
+                call.results.ok += 1;
+                call.durations.advance(epoch);
+                call.durations.record(ev.value);
+            }
+            CallResult::Again => call.results.eagain += 1,
+            CallResult::Interrupted => call.results.interrupted += 1,
+            CallResult::Untimed => call.results.untimed += 1,
+            CallResult::Error => call.results.error += 1,
         }
         true
     }
@@ -110,8 +116,13 @@ mod tests {
     fn results_are_split_and_only_successes_are_timed() {
         let mut c = CgroupAgg::default();
         assert!(c.record(&ev(EventKind::SendMsg, 5000, 100), 0));
-        assert!(c.record(&ev(EventKind::SendMsg, 1, -EAGAIN), 0));
+        assert!(c.record(&ev(EventKind::SendMsg, 1, -observer_common::EAGAIN), 0));
         assert!(c.record(&ev(EventKind::SendMsg, 9, -104), 0));
+        // Interrupted by a signal (-EINTR, -ERESTARTSYS): counted apart, not timed.
+        assert!(c.record(&ev(EventKind::SendMsg, 7, -4), 0));
+        assert!(c.record(&ev(EventKind::SendMsg, 7, -512), 0));
+        // Reached a TCP socket but could not be timed.
+        assert!(c.record(&ev(EventKind::SendMsg, 0, observer_common::CALL_UNTIMED), 0));
         assert!(c.record(&ev(EventKind::RecvMsg, 7000, 0), 0));
         assert!(!c.record(
             &Event {
@@ -126,12 +137,14 @@ mod tests {
             CallResults {
                 ok: 1,
                 eagain: 1,
+                interrupted: 2,
+                untimed: 1,
                 error: 1
             }
         );
         assert_eq!(send.durations.totals().count, 1);
         assert_eq!(c.calls[1].as_ref().unwrap().results.ok, 1);
-        assert_eq!(c.events[Signal::SendMsg as usize], 3);
+        assert_eq!(c.events[Signal::SendMsg as usize], 6);
     }
 
     #[test]

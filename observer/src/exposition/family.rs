@@ -118,7 +118,7 @@ impl Family {
                 "Quantiles of tcp_sendmsg/tcp_recvmsg call durations over the window (HdrHistogram)."
             }
             Family::Calls => {
-                "Observed tcp_sendmsg/tcp_recvmsg calls by result (ok, eagain, error)."
+                "Observed tcp_sendmsg/tcp_recvmsg calls by result (ok, eagain, interrupted, untimed, error)."
             }
             Family::Faults => "Page faults by mode (user, kernel).",
             Family::FaultDuration => {

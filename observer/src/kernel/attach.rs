@@ -38,6 +38,12 @@ pub enum AttachError {
         signal: &'static str,
         mode: &'static str,
     },
+    /// The tracepoint mode times socket calls from syscall entries, by number: it knows
+    /// the syscall tables of these architectures only.
+    #[error(
+        "the tracepoint mode knows the syscall numbers of x86_64 only, not of {0}: use fentry or kprobe"
+    )]
+    NoSyscallTable(&'static str),
     /// The signal needs what the kernel's BTF did not give.
     #[error(transparent)]
     Btf(#[from] super::btf::BtfError),
@@ -204,6 +210,12 @@ impl<'a> Attacher<'a> {
     /// # Errors
     /// The first program that did not attach, and why.
     pub fn attach_mode(&mut self, signal: Signal, mode: ProbeMode) -> Result<(), AttachError> {
+        if mode == ProbeMode::Tracepoint
+            && matches!(signal, Signal::SendMsg | Signal::RecvMsg)
+            && !programs::SYSCALL_TABLE_KNOWN
+        {
+            return Err(AttachError::NoSyscallTable(std::env::consts::ARCH));
+        }
         let progs = programs::for_mode(signal, mode, self.shape);
         if progs.is_empty() {
             return Err(AttachError::NoProbes {

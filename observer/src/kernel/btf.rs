@@ -245,7 +245,11 @@ impl Btf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOffsets {
     pub sk_family: u32,
-    pub sk_protocol: u32,
+    /// The first of `sock.sk_type` and `sk_protocol`, which are adjacent u16s (checked: the
+    /// probes read both at once).
+    pub sk_type_protocol: u32,
+    /// Whether `sk_type` comes first there.
+    pub sk_type_first: bool,
     pub sk_err: u32,
     pub sk_cgrp_data: u32,
     /// Offset of the cgroup pointer inside `struct sock_cgroup_data`; before Linux 5.15 the
@@ -257,6 +261,18 @@ pub struct SockOffsets {
 }
 
 impl SockOffsets {
+    /// The 4 bytes at `sk_type_protocol` of a TCP stream socket, as a little-endian u32.
+    #[must_use]
+    pub fn tcp_stream_word(&self) -> u32 {
+        const SOCK_STREAM: u32 = 1;
+        const IPPROTO_TCP: u32 = 6;
+        if self.sk_type_first {
+            SOCK_STREAM | (IPPROTO_TCP << 16)
+        } else {
+            IPPROTO_TCP | (SOCK_STREAM << 16)
+        }
+    }
+
     /// Looks the offsets up.
     ///
     /// # Errors
@@ -264,13 +280,18 @@ impl SockOffsets {
     pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
         let need =
             |s: &'static str, m: &'static str| btf.offset(s, m).ok_or(BtfError::Missing(s, m));
+        let (sk_type, sk_protocol) = (need("sock", "sk_type")?, need("sock", "sk_protocol")?);
+        if sk_type.abs_diff(sk_protocol) != 2 {
+            return Err(BtfError::Missing("sock", "sk_type next to sk_protocol"));
+        }
         let (cgrp_ptr, tagged) = match btf.offset("sock_cgroup_data", "cgroup") {
             Some(o) => (o, false),
             None => (need("sock_cgroup_data", "val")?, true),
         };
         Ok(Self {
             sk_family: need("sock_common", "skc_family")?,
-            sk_protocol: need("sock", "sk_protocol")?,
+            sk_type_protocol: sk_type.min(sk_protocol),
+            sk_type_first: sk_type < sk_protocol,
             sk_err: need("sock", "sk_err")?,
             sk_cgrp_data: need("sock", "sk_cgrp_data")?,
             cgrp_ptr,
@@ -380,7 +401,7 @@ mod tests {
             o.sk_family, 16,
             "skc_family has been at offset 16 of sock_common for years"
         );
-        assert!(o.sk_protocol > o.sk_family && o.sk_cgrp_data > 0);
+        assert!(o.sk_type_protocol > o.sk_family && o.sk_cgrp_data > 0);
         assert_eq!(btf.func_params("tcp_sendmsg"), Some(3));
         let n = btf.func_params("tcp_recvmsg").unwrap();
         assert!((4..=6).contains(&n), "tcp_recvmsg has {n} parameters");

@@ -73,7 +73,8 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, LoadError> {
     };
     let o = offsets.as_ref().ok().copied().unwrap_or(SockOffsets {
         sk_family: 16,
-        sk_protocol: 0,
+        sk_type_protocol: 0,
+        sk_type_first: false,
         sk_err: 0,
         sk_cgrp_data: 0,
         cgrp_ptr: 0,
@@ -86,7 +87,12 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(names::ENABLE_CONN, &enable_conn, true)
         .override_global(names::OFF_SK_FAMILY, &u64::from(o.sk_family), true)
-        .override_global(names::OFF_SK_PROTOCOL, &u64::from(o.sk_protocol), true)
+        .override_global(
+            names::OFF_SK_TYPE_PROTOCOL,
+            &u64::from(o.sk_type_protocol),
+            true,
+        )
+        .override_global(names::SK_TCP_STREAM, &o.tcp_stream_word(), true)
         .override_global(names::OFF_SK_ERR, &u64::from(o.sk_err), true)
         .override_global(
             names::OFF_SK_CGRP,

@@ -40,7 +40,8 @@ const fn prog(name: &'static str, hook: Hook) -> Program {
 
 /// Fields of the sock_*_length records that the classic programs read, at their offsets
 /// (also in observer-ebpf/src/tcp.rs).
-const SOCK_LENGTH_FIELDS: &[(&str, u32)] = &[("family", 16), ("protocol", 18), ("ret", 20)];
+const SOCK_LENGTH_FIELDS: &[(&str, u32)] =
+    &[("sk", 8), ("family", 16), ("protocol", 18), ("ret", 20)];
 
 pub const SYS_ENTER: Program = prog(p::SYS_ENTER, Hook::RawTp("sys_enter"));
 pub const RAW_SOCK_SEND_LENGTH: Program =
@@ -122,6 +123,10 @@ pub const ALL: &[Program] = &[
     KPROBE_HANDLE_MM_FAULT,
     KRETPROBE_HANDLE_MM_FAULT,
 ];
+
+/// Whether the kernel programs know this architecture's syscall numbers (the tracepoint
+/// mode of the socket call signals times from syscall entries, by number).
+pub const SYSCALL_TABLE_KNOWN: bool = cfg!(target_arch = "x86_64");
 
 /// What kernel BTF told about the running kernel that decides which programs to attach.
 #[derive(Clone, Copy, Debug, Default)]
@@ -227,5 +232,41 @@ mod tests {
         let mut in_table: Vec<&str> = ALL.iter().map(|p| p.name).collect();
         in_table.sort_unstable();
         assert_eq!(in_object, in_table);
+    }
+
+    /// The object is built for BPF v3 (xtask pins `-Ctarget-cpu=v3`): no instruction of the
+    /// v4 set, which verifiers before Linux 6.6 refuse (sign-extending loads and moves,
+    /// signed division, unconditional byte swap, 32-bit-offset jumps).
+    #[cfg(feature = "ebpf")]
+    #[test]
+    fn the_object_has_no_instruction_newer_than_v3() {
+        const CLASS: u8 = 0x07;
+        const LDX: u8 = 0x01;
+        const ALU: u8 = 0x04;
+        const JMP32: u8 = 0x06;
+        const ALU64: u8 = 0x07;
+        let object = aya_obj::Object::parse(crate::kernel::load::EMBEDDED_OBJECT)
+            .expect("the embedded object parses");
+        let mut checked = 0;
+        for f in object.functions.values() {
+            for insn in &f.instructions {
+                let (code, off) = (insn.code, insn.off);
+                let class = code & CLASS;
+                let op = code & 0xf0;
+                let v4 = match class {
+                    LDX => code & 0xe0 == 0x80,
+                    ALU | ALU64 => {
+                        (op == 0xb0 && code & 0x08 != 0 && off != 0)
+                            || ((op == 0x30 || op == 0x90) && off == 1)
+                            || (class == ALU64 && op == 0xd0)
+                    }
+                    JMP32 => op == 0x00,
+                    _ => false,
+                };
+                assert!(!v4, "{}: v4 instruction {code:#04x} off {off}", f.name);
+                checked += 1;
+            }
+        }
+        assert!(checked > 1000, "only {checked} instructions");
     }
 }

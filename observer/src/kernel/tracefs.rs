@@ -124,6 +124,9 @@ mod tests {
     #[test]
     fn fields_are_found_at_their_offsets_or_named() {
         assert!(check_format("sock", "x", FORMAT, &[("sk", 8), ("family", 16)]).is_ok());
+        // A record whose sk is elsewhere is refused like one whose family is.
+        let moved = FORMAT.replace("sk;\toffset:8;", "sk;\toffset:24;");
+        assert!(check_format("sock", "x", &moved, &[("sk", 8)]).is_err());
         let e = check_format("sock", "x", FORMAT, &[("family", 18)]).unwrap_err();
         assert_eq!(
             e.to_string(),
