@@ -49,6 +49,10 @@ mod nr {
     pub const RECVMSG: i64 = 47;
     pub const RECVMMSG: i64 = 299;
     pub const SENDMMSG: i64 = 307;
+    // With offset -1 they read or write at the current position, which on a socket is a
+    // receive or a send.
+    pub const PREADV2: i64 = 327;
+    pub const PWRITEV2: i64 = 328;
 }
 
 /// Whether the tracepoint mode times syscall `id`.
@@ -66,6 +70,8 @@ fn timed_syscall(id: i64) -> bool {
             | nr::RECVMSG
             | nr::RECVMMSG
             | nr::SENDMMSG
+            | nr::PREADV2
+            | nr::PWRITEV2
     )
 }
 

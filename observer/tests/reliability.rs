@@ -281,3 +281,153 @@ fn cgroups_past_the_limit_are_counted_under_other() {
         "_other counts {other} sends, the clients without series made {unseen}"
     );
 }
+
+/// Touches fresh pages for `SOCKLAT_TEST_SECONDS`: 64 pages mapped, written and unmapped
+/// every 10 ms (page faults the kernel counts per cgroup, with no event per fault).
+#[test]
+#[ignore = "worker role, run by the reliability tests"]
+fn role_steady_faulter() {
+    if role().as_deref() != Some("role_steady_faulter") {
+        return;
+    }
+    let secs: u64 = std::env::var("SOCKLAT_TEST_SECONDS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let len = 64 * 4096;
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        // SAFETY: a fresh private anonymous mapping, written inside and unmapped below.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            for i in 0..64 {
+                std::ptr::write_volatile(p.cast::<u8>().add(i * 4096), 1);
+            }
+            libc::munmap(p, len);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Issue 14.6: counters never go down. With `--max-cgroups 2`, the test's and a client's
+/// cgroups hold the series while faulting cgroups are counted under `_other`; then the
+/// clients' cgroups are removed and dropped after `--cgroup-ttl`, so cgroups counted under
+/// `_other` are admitted and get series of their own. Every counter sample (`_total`, `_count`, `_sum`, `_bucket`) that two
+/// consecutive scrapes both show is never lower in the later one: `_other` keeps what it
+/// showed of a cgroup that left it.
+#[test]
+fn counters_never_go_down_across_admissions_and_expiry() {
+    if role().is_some() {
+        return;
+    }
+    let daemon = Daemon::start(&[
+        "--probe-mode",
+        &common::mode(),
+        "--max-cgroups",
+        "2",
+        "--cgroup-ttl",
+        "1s",
+    ]);
+    let server = delay_server();
+    let addr = daemon.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let scraping = std::thread::spawn(move || {
+        let mut scrapes = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let (code, body) = common::http_get(addr, "/metrics").unwrap();
+            assert_eq!(code, 200);
+            scrapes.push(Metrics::parse(&body));
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        scrapes
+    });
+    let clients: Vec<TestCgroup> = (0..2)
+        .map(|i| TestCgroup::new(&format!("mono-client{i}")))
+        .collect();
+    for cg in &clients {
+        role_output(start_client(cg, server, &[100; 20]));
+    }
+    let faulters: Vec<TestCgroup> = (0..2)
+        .map(|i| TestCgroup::new(&format!("mono-faulter{i}")))
+        .collect();
+    let running: Vec<_> = faulters
+        .iter()
+        .map(|cg| {
+            common::run_role(
+                cg,
+                "role_steady_faulter",
+                &[("SOCKLAT_TEST_SECONDS", "6".into())],
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The clients' cgroups go; after the TTL their series are dropped and the faulters'
+    // cgroups are admitted.
+    drop(clients);
+    for r in running {
+        role_output(r);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraping.join().unwrap();
+    assert!(scrapes.len() > 20, "{} scrapes", scrapes.len());
+    // Some cgroup whose faults were counted under `_other` got series of its own during the
+    // run (which ones get the freed places depends on what else faults on the machine).
+    let with_faults = |m: &Metrics| -> std::collections::BTreeSet<String> {
+        m.0.iter()
+            .filter(|s| s.name == "socklat_page_faults_total")
+            .filter_map(|s| s.label("cgroup").map(str::to_string))
+            .collect()
+    };
+    let first = with_faults(&scrapes[0]);
+    let admitted_later = scrapes
+        .iter()
+        .flat_map(|m| with_faults(m).into_iter())
+        .any(|c| !first.contains(&c) && c != "_other");
+    assert!(admitted_later, "no cgroup was admitted during the run");
+    assert!(
+        scrapes.iter().any(|m| m
+            .get(
+                "socklat_page_faults_total",
+                &[("cgroup", "_other"), ("mode", "user")]
+            )
+            .is_some_and(|v| v > 0.0)),
+        "nothing was counted under _other"
+    );
+    let counter = |name: &str| {
+        ["_total", "_count", "_sum", "_bucket"]
+            .iter()
+            .any(|s| name.ends_with(s))
+    };
+    let mut compared = 0;
+    for pair in scrapes.windows(2) {
+        let before: std::collections::BTreeMap<_, _> = pair[0]
+            .0
+            .iter()
+            .filter(|s| counter(&s.name))
+            .map(|s| ((&s.name, &s.labels), s.value))
+            .collect();
+        for s in pair[1].0.iter().filter(|s| counter(&s.name)) {
+            if let Some(&v) = before.get(&(&s.name, &s.labels)) {
+                assert!(
+                    s.value >= v,
+                    "{} {:?} went down from {v} to {}",
+                    s.name,
+                    s.labels,
+                    s.value
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 1000, "only {compared} samples compared");
+}

@@ -8,6 +8,7 @@
 mod cgroup;
 mod connections;
 mod duration;
+mod kernel_counts;
 mod snapshot;
 
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub use connections::ConnAgg;
 pub use duration::{
     BUCKETS_NS, DurationAgg, HistogramTotals, MAX_TRACKED_NS, QUANTILES, SIGFIGS, new_histogram,
 };
+pub use kernel_counts::{KernelCounts, Ledger};
 pub use snapshot::{CallSnapshot, CgroupSnapshot, ConnSnapshot, DurationSnapshot};
 
 use crate::idmap::IdMap;
@@ -184,6 +186,12 @@ impl Aggregator {
     #[must_use]
     pub fn events_of(&self, cgroup_id: u64) -> Option<u64> {
         self.cgroups.get(&cgroup_id).map(|a| a.events.iter().sum())
+    }
+
+    /// Whether `cgroup_id` has its own series.
+    #[must_use]
+    pub fn tracks(&self, cgroup_id: u64) -> bool {
+        self.cgroups.contains_key(&cgroup_id)
     }
 
     /// Ids of the admitted cgroups.

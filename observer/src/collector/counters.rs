@@ -5,6 +5,7 @@ use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::util::nr_cpus;
 use observer_common::{FaultCache, FaultCounts, UNATTRIBUTED, names};
 
+use crate::aggregate::KernelCounts;
 use crate::error::Error;
 use crate::idmap::IdMap;
 
@@ -23,9 +24,8 @@ pub struct KernelCounters {
 /// One reading of the counters, summed over CPUs.
 #[derive(Default)]
 pub struct Counts {
-    pub faults: IdMap<FaultCounts>,
-    pub lost: IdMap<u64>,
-    pub retransmits: IdMap<u64>,
+    /// Per cgroup.
+    pub per_cgroup: IdMap<KernelCounts>,
     /// Events lost whose cgroup the kernel could not record.
     pub unattributed_lost: u64,
     /// Connections that closed with no state in the kernel's table.
@@ -96,10 +96,18 @@ impl KernelCounters {
         };
         let mut lost = sum(&self.lost);
         let unattributed_lost = lost.remove(&UNATTRIBUTED).unwrap_or(0);
+        let mut per_cgroup: IdMap<KernelCounts> = IdMap::default();
+        for (id, f) in faults {
+            per_cgroup.entry(id).or_default().faults = f;
+        }
+        for (id, n) in lost {
+            per_cgroup.entry(id).or_default().lost = n;
+        }
+        for (id, n) in sum(&self.retransmits) {
+            per_cgroup.entry(id).or_default().retransmits = n;
+        }
         Counts {
-            faults,
-            lost,
-            retransmits: sum(&self.retransmits),
+            per_cgroup,
             unattributed_lost,
             untracked_connections: self.conn_untracked.get(&0, 0).map_or(0, |v| v.iter().sum()),
         }

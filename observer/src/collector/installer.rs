@@ -18,8 +18,8 @@ enum Request {
         ring: MapData,
         ticket: u64,
     },
-    /// Take a dead cgroup's ring out of the map.
-    Remove(u64),
+    /// Take a dead cgroup's ring out of the map; the ticket comes back when done.
+    Remove { cgroup_id: u64, ticket: u64 },
 }
 
 /// The collector's end of the installer thread.
@@ -48,8 +48,11 @@ impl Installer {
                             ring,
                             ticket,
                         } => (cgroup_id, ring, ticket),
-                        Request::Remove(c) => {
-                            let _ = outer.remove(&c);
+                        Request::Remove { cgroup_id, ticket } => {
+                            let _ = outer.remove(&cgroup_id);
+                            if done_tx.send((ticket, true)).is_err() {
+                                break;
+                            }
                             continue;
                         }
                     };
@@ -95,9 +98,15 @@ impl Installer {
         Some(ticket)
     }
 
-    /// Queues the removal of a dead cgroup's ring.
-    pub fn remove(&self, cgroup_id: u64) {
-        let _ = self.requests.send(Request::Remove(cgroup_id));
+    /// Queues the removal of a dead cgroup's ring; returns the ticket its completion will
+    /// carry.
+    pub fn remove(&mut self, cgroup_id: u64) -> Option<u64> {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.requests
+            .send(Request::Remove { cgroup_id, ticket })
+            .ok()?;
+        Some(ticket)
     }
 
     /// The next finished install, if any: its ticket and whether it succeeded.

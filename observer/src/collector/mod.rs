@@ -24,7 +24,7 @@ pub use handle::Handle;
 pub use maps::Maps;
 pub use slots::INITIAL_RING_SIZE;
 
-use crate::aggregate::{Admission, Aggregator};
+use crate::aggregate::{Admission, Aggregator, Ledger};
 use crate::cgroups::Resolver;
 use crate::error::Error;
 use crate::exposition::{Row, Scrape};
@@ -60,6 +60,8 @@ struct Collector {
     shared: RingBuf<MapData>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     counters: KernelCounters,
+    /// Which part of the kernel counts each series shows (keeps `_other` monotonic).
+    ledger: Ledger,
     rings: Rings,
     agg: Aggregator,
     resolver: Resolver,
@@ -110,6 +112,7 @@ pub fn spawn(
         shared,
         logger,
         counters,
+        ledger: Ledger::default(),
         rings,
         agg: Aggregator::new(settings.max_cgroups, settings.window),
         resolver: settings.resolver,
@@ -165,7 +168,7 @@ impl Collector {
                         // give the cgroup a bigger ring if it may have one.
                         if let Some(i) = Rings::slot_of_token(t) {
                             let epoch = self.epoch();
-                            self.rings.drain_slot(i, &mut self.agg, epoch);
+                            self.rings.drain_slot(i, &mut self.agg, epoch, BATCH);
                             self.rings.grow(&self.epoll, i);
                         }
                     }
@@ -180,9 +183,9 @@ impl Collector {
 
     /// The poll tick: installs done, every ring drained, new cgroups resolved.
     fn tick(&mut self) {
-        self.rings.completions();
-        self.drain_shared();
         let epoch = self.epoch();
+        self.rings.completions(&self.epoll, &mut self.agg, epoch);
+        self.drain_shared();
         self.rings.drain_all(&mut self.agg, epoch);
         // At most one rescan of the cgroup tree per tick, and only when a new cgroup came.
         if !self.unresolved.is_empty() {
@@ -259,13 +262,16 @@ impl Collector {
         }
     }
 
-    /// Forgets everything of one cgroup.
+    /// Forgets everything of one cgroup, after counting what its rings still hold.
     fn forget(&mut self, id: u64) {
+        let epoch = self.epoch();
+        self.rings.drain_cgroup(id, &mut self.agg, epoch);
         self.agg.forget(id);
         self.idle.remove(&id);
         self.resolver.forget(id);
-        self.rings.forget(&self.epoll, id);
+        self.rings.forget(id);
         self.counters.forget(id);
+        self.ledger.forget(id);
     }
 
     /// Drains every ring until all read empty: a scrape sees every event submitted before it.
@@ -275,7 +281,7 @@ impl Collector {
             self.drain_shared();
             let epoch = self.epoch();
             self.rings.drain_all(&mut self.agg, epoch);
-            self.rings.completions();
+            self.rings.completions(&self.epoll, &mut self.agg, epoch);
             if self.agg.intake().received == before {
                 break;
             }
@@ -300,19 +306,18 @@ impl Collector {
     fn scrape(&mut self) -> Scrape {
         self.resolver.begin_round();
         let epoch = self.epoch();
-        let mut counts = self.counters.read();
+        let counts = self.counters.read();
         // Cgroups known only from their kernel counters get series too, if there is room.
-        for id in counts
-            .faults
-            .keys()
-            .chain(counts.lost.keys())
-            .chain(counts.retransmits.keys())
-        {
+        for id in counts.per_cgroup.keys() {
             let _ = self.agg.admit(*id);
         }
+        let agg = &self.agg;
+        let (mut own, beyond) = self.ledger.split(&counts.per_cgroup, |id| agg.tracks(id));
         let mut rows = Vec::new();
         let mut other = Row {
-            lost: counts.unattributed_lost,
+            faults: beyond.faults,
+            lost: counts.unattributed_lost + beyond.lost,
+            retransmits: beyond.retransmits,
             ..Row::empty_other()
         };
         let mut events = self.agg.forgotten_events();
@@ -327,23 +332,19 @@ impl Collector {
                 *t += e;
             }
             match snap.id {
-                Some(id) => rows.push(Row {
-                    labels: self.resolver.resolve(id),
-                    faults: counts.faults.remove(&id).unwrap_or_default(),
-                    lost: counts.lost.remove(&id).unwrap_or(0),
-                    retransmits: counts.retransmits.remove(&id).unwrap_or(0),
-                    snap: Some(snap),
-                }),
+                Some(id) => {
+                    let k = own.remove(&id).unwrap_or_default();
+                    rows.push(Row {
+                        labels: self.resolver.resolve(id),
+                        faults: k.faults,
+                        lost: k.lost,
+                        retransmits: k.retransmits,
+                        snap: Some(snap),
+                    });
+                }
                 None => other.snap = Some(snap),
             }
         }
-        // What is left belongs to cgroups over the limit.
-        for f in counts.faults.values() {
-            other.faults.add(f);
-        }
-        other.lost += counts.lost.values().sum::<u64>();
-        other.retransmits += counts.retransmits.values().sum::<u64>();
-        debug_assert!(other.labels.is_other());
         rows.push(other);
         let probe_misses = self
             .programs

@@ -31,8 +31,10 @@ enum State {
     /// In the map: the kernel writes the cgroup's events to it.
     Installed,
     /// The installer could not put it in the map: the cgroup's events stay on the shared
-    /// ring (the ring is still drained, in case an earlier one of the cgroup is in the map).
+    /// ring.
     Failed,
+    /// Its cgroup is gone: being taken out of the map (this ticket), and drained until then.
+    Removing(u64),
 }
 
 struct Slot {
@@ -56,6 +58,7 @@ enum Placement {
 struct Retired {
     cgroup_id: u64,
     ring: RingBuf<MapData>,
+    size: u32,
     successor: u64,
     since: Option<Instant>,
 }
@@ -211,38 +214,76 @@ impl Rings {
         self.retired.push(Retired {
             cgroup_id,
             ring: old.ring,
+            size: old.size,
             successor: ticket,
             since: None,
         });
     }
 
-    /// Takes the installer's finished work: marks rings installed (or failed) and starts
-    /// the retirement clock of the rings they replaced.
-    pub fn completions(&mut self) {
+    /// Takes the installer's finished work: marks rings installed (or failed), starts the
+    /// retirement clock of the rings they replaced (or, where the replacement failed, puts
+    /// the replaced ring back: the kernel still writes to it), and drops the rings of gone
+    /// cgroups once they are out of the map and drained.
+    pub fn completions(&mut self, epoll: &Epoll, agg: &mut Aggregator, epoch: u64) {
         while let Some((ticket, ok)) = self.installer.completed() {
-            if let Some(slot) = self
-                .slots
-                .iter_mut()
-                .flatten()
-                .find(|s| s.state == State::Installing(ticket))
-            {
-                slot.state = if ok { State::Installed } else { State::Failed };
-            }
-            for r in &mut self.retired {
-                if r.successor == ticket {
-                    r.since = Some(Instant::now());
+            let Some(i) = self.slots.iter().position(|s| {
+                s.as_ref().is_some_and(|s| {
+                    s.state == State::Installing(ticket) || s.state == State::Removing(ticket)
+                })
+            }) else {
+                continue;
+            };
+            if matches!(
+                self.slots[i].as_ref().map(|s| s.state),
+                Some(State::Removing(_))
+            ) {
+                self.drain_slot(i, agg, epoch, usize::MAX);
+                if let Some(slot) = self.slots[i].take() {
+                    epoll.remove(slot.ring.as_fd().as_raw_fd());
                 }
+                continue;
+            }
+            let replaced = self.retired.iter().position(|r| r.successor == ticket);
+            match (ok, replaced) {
+                (true, Some(r)) => self.retired[r].since = Some(Instant::now()),
+                (false, Some(r)) => {
+                    // The map still holds the old ring: keep reading it, drop the new one.
+                    let old = self.retired.swap_remove(r);
+                    let new = self.slots[i].take().expect("the slot found above");
+                    epoll.remove(new.ring.as_fd().as_raw_fd());
+                    if let Err(e) = epoll.add(old.ring.as_fd().as_raw_fd(), FIRST_TOKEN + i as u64)
+                    {
+                        log::warn!("epoll_ctl for cgroup {}'s ring: {e}", old.cgroup_id);
+                    }
+                    self.slots[i] = Some(Slot {
+                        cgroup_id: old.cgroup_id,
+                        ring: old.ring,
+                        size: old.size,
+                        state: State::Installed,
+                    });
+                    // Drain what the new ring may hold (nothing, as it was never installed).
+                    let mut sink = agg.sink(new.cgroup_id, epoch);
+                    let mut ring = new.ring;
+                    while let Some(item) = ring.next() {
+                        sink.push(&item);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some(slot) = self.slots[i].as_mut() {
+                slot.state = if ok { State::Installed } else { State::Failed };
             }
         }
     }
 
-    /// Drains up to [`BATCH`] records of slot `i`'s ring into `agg`.
-    pub fn drain_slot(&mut self, i: usize, agg: &mut Aggregator, epoch: u64) {
+    /// Drains up to `max` records of slot `i`'s ring into `agg`.
+    pub fn drain_slot(&mut self, i: usize, agg: &mut Aggregator, epoch: u64, max: usize) {
         let Some(Some(slot)) = self.slots.get_mut(i) else {
             return;
         };
         let mut sink = agg.sink(slot.cgroup_id, epoch);
-        for _ in 0..BATCH {
+        for _ in 0..max {
             let Some(item) = slot.ring.next() else { break };
             sink.push(&item);
         }
@@ -252,7 +293,7 @@ impl Rings {
     /// retired rings whose time is up.
     pub fn drain_all(&mut self, agg: &mut Aggregator, epoch: u64) {
         for i in 0..self.slots.len() {
-            self.drain_slot(i, agg, epoch);
+            self.drain_slot(i, agg, epoch, BATCH);
         }
         for r in &mut self.retired {
             let mut sink = agg.sink(r.cgroup_id, epoch);
@@ -264,13 +305,30 @@ impl Rings {
             .retain(|r| r.since.is_none_or(|t| t.elapsed() < RETIRE_AFTER));
     }
 
-    /// Drops a dead cgroup's ring (and takes it out of the kernel's map).
-    pub fn forget(&mut self, epoll: &Epoll, cgroup_id: u64) {
+    /// Drains everything a cgroup's rings hold into `agg` (before the cgroup is forgotten).
+    pub fn drain_cgroup(&mut self, cgroup_id: u64, agg: &mut Aggregator, epoch: u64) {
+        if let Some(&Placement::Own(i)) = self.by_cgroup.get(&cgroup_id) {
+            self.drain_slot(i, agg, epoch, usize::MAX);
+        }
+        for r in self.retired.iter_mut().filter(|r| r.cgroup_id == cgroup_id) {
+            let mut sink = agg.sink(cgroup_id, epoch);
+            while let Some(item) = r.ring.next() {
+                sink.push(&item);
+            }
+        }
+    }
+
+    /// Takes a gone cgroup's ring out of the kernel's map; the ring is drained until that
+    /// is done (see [`Rings::completions`]) and then dropped. Call [`Rings::drain_cgroup`]
+    /// first.
+    pub fn forget(&mut self, cgroup_id: u64) {
         if let Some(Placement::Own(i)) = self.by_cgroup.remove(&cgroup_id)
-            && let Some(slot) = self.slots[i].take()
+            && let Some(slot) = self.slots[i].as_mut()
         {
-            epoll.remove(slot.ring.as_fd().as_raw_fd());
-            self.installer.remove(cgroup_id);
+            match self.installer.remove(cgroup_id) {
+                Some(ticket) => slot.state = State::Removing(ticket),
+                None => self.slots[i] = None,
+            }
         }
         self.retired.retain(|r| r.cgroup_id != cgroup_id);
     }

@@ -5,7 +5,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::names;
 
 use super::attach::{Attacher, Choice};
-use super::btf::SockOffsets;
+use super::btf::{BtfError, SockOffsets};
 use super::programs::KernelShape;
 use crate::cli::Cli;
 use crate::probe_mode::ProbeMode;
@@ -38,6 +38,77 @@ pub struct Loaded {
     pub programs: Vec<std::os::fd::OwnedFd>,
 }
 
+/// The socket field offsets for the connection probes and the shape of the kernel's
+/// functions and tracepoints, from its BTF (parsed here, dropped before the programs load).
+fn kernel_facts() -> (Result<SockOffsets, BtfError>, KernelShape) {
+    match super::btf::Btf::from_sys_fs() {
+        Ok(b) => {
+            let offsets = SockOffsets::from_btf(&b);
+            let shape = KernelShape {
+                recvmsg_params: b.func_params("tcp_recvmsg"),
+                raw_sock_length: offsets.is_ok()
+                    && b.has_tracepoint("sock_send_length")
+                    && b.has_tracepoint("sock_recv_length"),
+            };
+            (offsets, shape)
+        }
+        Err(e) => (Err(e), KernelShape::default()),
+    }
+}
+
+/// The values of the kernel programs' globals.
+struct Globals {
+    enable_send: u32,
+    enable_recv: u32,
+    enable_conn: u32,
+    sk_family: u64,
+    sk_type_protocol: u64,
+    sk_tcp_stream: u32,
+    sk_err: u64,
+    sk_cgrp: u64,
+    cgrp_tagged: u64,
+    cgroup_kn: u64,
+    kn_id: u64,
+}
+
+impl Globals {
+    /// From the command line and the socket offsets (`None`: unknown, the connections
+    /// signal is then off and the socket checks fall back to what records say).
+    fn new(cli: &Cli, o: Option<&SockOffsets>) -> Self {
+        let flag = |b: bool| u32::from(b);
+        let off = |f: fn(&SockOffsets) -> u32| o.map_or(0, |o| u64::from(f(o)));
+        Self {
+            enable_send: flag(cli.enabled(Signal::SendMsg)),
+            enable_recv: flag(cli.enabled(Signal::RecvMsg)),
+            enable_conn: flag(cli.enabled(Signal::Connections) && o.is_some()),
+            sk_family: o.map_or(16, |o| u64::from(o.sk_family)),
+            sk_type_protocol: off(|o| o.sk_type_protocol),
+            sk_tcp_stream: o.map_or(0, SockOffsets::tcp_stream_word),
+            sk_err: off(|o| o.sk_err),
+            sk_cgrp: off(|o| o.sk_cgrp_data + o.cgrp_ptr),
+            cgrp_tagged: o.map_or(0, |o| u64::from(o.cgrp_is_tagged_val)),
+            cgroup_kn: off(|o| o.cgroup_kn),
+            kn_id: off(|o| o.kn_id),
+        }
+    }
+
+    /// Sets every global of the object (each must exist in it).
+    fn set<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader
+            .override_global(names::ENABLE_SEND, &self.enable_send, true)
+            .override_global(names::ENABLE_RECV, &self.enable_recv, true)
+            .override_global(names::ENABLE_CONN, &self.enable_conn, true)
+            .override_global(names::OFF_SK_FAMILY, &self.sk_family, true)
+            .override_global(names::OFF_SK_TYPE_PROTOCOL, &self.sk_type_protocol, true)
+            .override_global(names::SK_TCP_STREAM, &self.sk_tcp_stream, true)
+            .override_global(names::OFF_SK_ERR, &self.sk_err, true)
+            .override_global(names::OFF_SK_CGRP, &self.sk_cgrp, true)
+            .override_global(names::CGRP_TAGGED, &self.cgrp_tagged, true)
+            .override_global(names::OFF_CGROUP_KN, &self.cgroup_kn, true)
+            .override_global(names::OFF_KN_ID, &self.kn_id, true);
+    }
+}
+
 /// Loads the object and attaches the enabled signals. Fails only for errors that leave
 /// nothing to run (no object, no privileges); a signal that cannot attach is reported in
 /// its [`Choice`].
@@ -56,62 +127,11 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, LoadError> {
         }
         None => EMBEDDED_OBJECT,
     };
-    // Socket field offsets for the connection probes, and the shape of tcp_recvmsg, from
-    // kernel BTF (parsed here, dropped before the programs load).
-    let (offsets, shape) = match super::btf::Btf::from_sys_fs() {
-        Ok(b) => {
-            let offsets = SockOffsets::from_btf(&b);
-            let shape = KernelShape {
-                recvmsg_params: b.func_params("tcp_recvmsg"),
-                raw_sock_length: offsets.is_ok()
-                    && b.has_tracepoint("sock_send_length")
-                    && b.has_tracepoint("sock_recv_length"),
-            };
-            (offsets, shape)
-        }
-        Err(e) => (Err(e), KernelShape::default()),
-    };
-    let o = offsets.as_ref().ok().copied().unwrap_or(SockOffsets {
-        sk_family: 16,
-        sk_type_protocol: 0,
-        sk_type_first: false,
-        sk_err: 0,
-        sk_cgrp_data: 0,
-        cgrp_ptr: 0,
-        cgrp_is_tagged_val: false,
-        cgroup_kn: 0,
-        kn_id: 0,
-    });
-    let flag = |b: bool| u32::from(b);
-    let enable_conn = flag(cli.enabled(Signal::Connections) && offsets.is_ok());
-    let mut ebpf = EbpfLoader::new()
-        .override_global(names::ENABLE_CONN, &enable_conn, true)
-        .override_global(names::OFF_SK_FAMILY, &u64::from(o.sk_family), true)
-        .override_global(
-            names::OFF_SK_TYPE_PROTOCOL,
-            &u64::from(o.sk_type_protocol),
-            true,
-        )
-        .override_global(names::SK_TCP_STREAM, &o.tcp_stream_word(), true)
-        .override_global(names::OFF_SK_ERR, &u64::from(o.sk_err), true)
-        .override_global(
-            names::OFF_SK_CGRP,
-            &u64::from(o.sk_cgrp_data + o.cgrp_ptr),
-            true,
-        )
-        .override_global(names::CGRP_TAGGED, &u64::from(o.cgrp_is_tagged_val), true)
-        .override_global(names::OFF_CGROUP_KN, &u64::from(o.cgroup_kn), true)
-        .override_global(names::OFF_KN_ID, &u64::from(o.kn_id), true)
-        .override_global(
-            names::ENABLE_SEND,
-            &flag(cli.enabled(Signal::SendMsg)),
-            true,
-        )
-        .override_global(
-            names::ENABLE_RECV,
-            &flag(cli.enabled(Signal::RecvMsg)),
-            true,
-        )
+    let (offsets, shape) = kernel_facts();
+    let g = Globals::new(cli, offsets.as_ref().ok());
+    let mut loader = EbpfLoader::new();
+    g.set(&mut loader);
+    let mut ebpf = loader
         .map_max_entries(names::CGROUP_RINGS, cli.max_cgroups)
         .map_max_entries(names::SHARED_RING, shared_ring_size)
         .load(bytes)
