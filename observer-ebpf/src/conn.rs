@@ -3,138 +3,48 @@
 //!
 //! Raw tracepoints (args are the `TP_PROTO` arguments, no tracefs, no BTF needed to attach):
 //! `inet_sock_set_state(sk, oldstate, newstate)`, `tcp_receive_reset(sk)`,
-//! `tcp_send_reset(sk, skb, ...)`, `tcp_retransmit_skb(sk, skb, ...)`. Socket fields are read
-//! at offsets the daemon takes from kernel BTF (Rust eBPF has no CO-RE relocations).
+//! `tcp_send_reset(sk, skb, ...)`, `tcp_retransmit_skb(sk, skb, ...)`.
+//!
+//! A connection end is classified when it reaches CLOSE (`observer_common::classify`). Where
+//! a reset our socket sends may still follow (the kernel sends the reset of an abort after
+//! it set CLOSE: data arriving at an orphan, `close()` with unread data after
+//! `shutdown(SHUT_WR)`; or the timewait socket an orphan left answers later data with a
+//! reset), the close is reported held, with the connection's key, and the reset, when it
+//! comes, is reported as a `ConnReset` event with the same key; the daemon settles the
+//! close with it. A reset our socket sends to a timewait socket of this node settles that
+//! end too (its timewait socket is killed without a tracepoint).
 
-use aya_ebpf::{
-    Global, helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext,
-};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use observer_common::{
-    CONN_CALL_ERROR, CONN_RST_RECEIVED, CONN_RST_SENT, ConnState, Event, EventKind, Outcome,
+    CONN_CALL_ERROR, CONN_RST_RECEIVED, CONN_RST_SENT, Closing, ConnState, Event, EventKind, Hold,
+    Outcome, classify, close_result, tcp,
 };
 
 use crate::maps::{CONN_UNTRACKED, CONNECTIONS, RETRANSMITS, atomic_add, bump, emit};
+use crate::sock::{self, Kind};
 
-#[unsafe(no_mangle)]
-static OFF_SK_FAMILY: Global<u64> = Global::new(16);
-/// The first of `sock.sk_type` and `sk_protocol` (adjacent u16s since Linux 5.6, in an
-/// order that differs between kernels): one 4-byte read gives both. 0 when unknown (no
-/// BTF): the classic tracepoint programs then check the record's protocol only.
-#[unsafe(no_mangle)]
-static OFF_SK_TYPE_PROTOCOL: Global<u64> = Global::new(0);
-/// What those 4 bytes hold for a TCP stream socket (set by the daemon from their order).
-#[unsafe(no_mangle)]
-static SK_TCP_STREAM: Global<u32> = Global::new(0);
-#[unsafe(no_mangle)]
-static OFF_SK_ERR: Global<u64> = Global::new(0);
-#[unsafe(no_mangle)]
-static OFF_SK_CGRP: Global<u64> = Global::new(0);
-/// 1 before Linux 5.15, where `sock_cgroup_data` is a tagged `val` word (low bits set, or
-/// zero, mean the root cgroup).
-#[unsafe(no_mangle)]
-static CGRP_TAGGED: Global<u64> = Global::new(0);
-#[unsafe(no_mangle)]
-static OFF_CGROUP_KN: Global<u64> = Global::new(0);
-#[unsafe(no_mangle)]
-static OFF_KN_ID: Global<u64> = Global::new(0);
 /// 1 when the connections signal is enabled.
 #[unsafe(no_mangle)]
-pub static ENABLE_CONN: Global<u32> = Global::new(0);
+pub static ENABLE_CONN: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 
-const TCP_ESTABLISHED: i32 = 1;
-const TCP_SYN_SENT: i32 = 2;
-const TCP_CLOSE: i32 = 7;
-const TCP_CLOSE_WAIT: i32 = 8;
-const TCP_LISTEN: i32 = 10;
-const ECONNREFUSED: i32 = 111;
-const ETIMEDOUT: i32 = 110;
-pub const AF_INET: u16 = 2;
-pub const AF_INET6: u16 = 10;
-pub const IPPROTO_TCP: u16 = 6;
-/// The root cgroup's id on cgroup v2.
-const ROOT_CGROUP: u64 = 1;
-
+/// A connection starts (an active open, or the child socket of a listener): fresh state,
+/// never the flags or cgroup of an entry a skipped CLOSE run left at the same address.
 #[inline(always)]
-fn read<T>(base: u64, off: u64) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel copes with any address (it returns an error).
-    unsafe { bpf_probe_read_kernel((base + off) as *const T).ok() }
-}
-
-/// The cgroup id of a socket: `sk->sk_cgrp_data` -> cgroup -> kernfs node -> id, the value
-/// `bpf_sk_cgroup_id` would give.
-#[inline(always)]
-pub fn sk_cgroup(sk: u64) -> u64 {
-    let Some(cgrp) = read::<u64>(sk, OFF_SK_CGRP.load()) else {
-        return ROOT_CGROUP;
+fn start(sk: u64) {
+    let c = ConnState {
+        cgroup_id: sock::cgroup(sk),
+        flags: 0,
+        pad: 0,
     };
-    if cgrp == 0 || (CGRP_TAGGED.load() != 0 && cgrp & 3 != 0) {
-        return ROOT_CGROUP;
-    }
-    let Some(kn) = read::<u64>(cgrp, OFF_CGROUP_KN.load()) else {
-        return ROOT_CGROUP;
-    };
-    read::<u64>(kn, OFF_KN_ID.load()).unwrap_or(ROOT_CGROUP)
+    let _ = CONNECTIONS.insert(&sk, &c, 0);
 }
 
-/// Whether `sk` is a TCP stream socket of IPv4 or IPv6 (a raw socket of protocol TCP is
-/// not: its type is `SOCK_RAW`).
+/// Adds `flags` to the state of a connection we track.
 #[inline(always)]
-pub fn is_tcp(sk: u64) -> bool {
-    let family = read::<u16>(sk, OFF_SK_FAMILY.load()).unwrap_or(0);
-    (family == AF_INET || family == AF_INET6) && is_stream_of_tcp(sk)
-}
-
-/// Whether `sk`'s type is `SOCK_STREAM` and its protocol TCP (one read of both).
-#[inline(always)]
-pub fn is_stream_of_tcp(sk: u64) -> bool {
-    read::<u32>(sk, OFF_SK_TYPE_PROTOCOL.load()) == Some(SK_TCP_STREAM.load())
-}
-
-/// Whether the socket type can be checked (the offsets came from BTF).
-#[inline(always)]
-pub fn knows_sk_type() -> bool {
-    OFF_SK_TYPE_PROTOCOL.load() != 0
-}
-
-/// Adds `flags` to the state of connection `sk`, creating it when first seen.
-#[inline(always)]
-pub fn mark(sk: u64, flags: u32) {
+fn mark(sk: u64, flags: u32) {
     if let Some(c) = CONNECTIONS.get_ptr_mut(&sk) {
         // SAFETY: a value of our own map; flags only ever gain bits.
         unsafe { (*c).flags |= flags };
-    } else {
-        let c = ConnState {
-            cgroup_id: sk_cgroup(sk),
-            flags,
-            pad: 0,
-        };
-        let _ = CONNECTIONS.insert(&sk, &c, 0);
-    }
-}
-
-#[inline(always)]
-fn classify(old: i32, flags: u32, err: i32) -> Outcome {
-    if old == TCP_SYN_SENT {
-        if flags & CONN_RST_RECEIVED != 0 || err == ECONNREFUSED {
-            Outcome::Refused
-        } else {
-            Outcome::ConnectTimeout
-        }
-    } else if flags & CONN_RST_RECEIVED != 0 {
-        Outcome::ResetReceived
-    } else if flags & CONN_RST_SENT != 0 {
-        Outcome::ResetSent
-    } else if err == ETIMEDOUT {
-        Outcome::Timeout
-    } else if err != 0 || flags & CONN_CALL_ERROR != 0 {
-        Outcome::Error
-    } else if old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT {
-        // Straight to CLOSE with no RST received and no error: an abortive close by us
-        // (unread data or SO_LINGER 0 in tcp_close, or tcp_disconnect), which sets CLOSE
-        // before it sends the RST.
-        Outcome::ResetSent
-    } else {
-        Outcome::Normal
     }
 }
 
@@ -143,17 +53,29 @@ pub fn socklat_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    if sk == 0 || !is_tcp(sk) || old == TCP_LISTEN || new == TCP_LISTEN {
+    if sk == 0 || new == tcp::LISTEN || (old == tcp::LISTEN && new != tcp::SYN_RECV) {
         return 0;
     }
-    if new != TCP_CLOSE {
-        // The first state change of a connection (SYN_SENT for active opens, SYN_RECV for
-        // the child socket of an accepted one) records its cgroup.
-        if old == TCP_CLOSE || CONNECTIONS.get_ptr(&sk).is_none() {
-            mark(sk, 0);
+    if !sock::is_tcp(sk) {
+        return 0;
+    }
+    if new != tcp::CLOSE {
+        if old == tcp::CLOSE || old == tcp::LISTEN || CONNECTIONS.get_ptr(&sk).is_none() {
+            start(sk);
         }
         return 0;
     }
+    if old == tcp::CLOSE {
+        // CLOSE to CLOSE: not a second close.
+        return 0;
+    }
+    closed(&ctx, sk, old);
+    0
+}
+
+/// Connection end `sk` reached CLOSE from `old`: classify and report it.
+#[inline(always)]
+fn closed(ctx: &RawTracePointContext, sk: u64, old: i32) {
     // SAFETY: a value of our own map, copied out at once.
     let state = unsafe { CONNECTIONS.get(&sk) }.copied();
     let _ = CONNECTIONS.remove(&sk);
@@ -163,20 +85,48 @@ pub fn socklat_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         if let Some(n) = CONN_UNTRACKED.get_ptr_mut(0) {
             atomic_add(n, 1);
         }
-        (sk_cgroup(sk), 0)
+        (sock::cgroup(sk), 0)
     };
-    let err = read::<i32>(sk, OFF_SK_ERR.load()).unwrap_or(0);
-    let outcome = classify(old, flags, err);
+    let (dead, done) = sock::dead_done(sk);
+    let closing = Closing {
+        old,
+        flags,
+        err: sock::err(sk),
+        segs_out: sock::segs_out(sk),
+        dead,
+        done,
+        rcv_shutdown: sock::rcv_shutdown(sk),
+    };
+    let (outcome, hold) = classify(&closing);
+    let value = if hold == Hold::None {
+        0
+    } else {
+        sock::key(sk, Kind::Full, false)
+    };
     emit(
-        &ctx,
+        ctx,
         Event {
             cgroup_id,
-            value: 0,
+            value,
             kind: EventKind::ConnClose as u32,
+            result: close_result(outcome, hold),
+        },
+    );
+}
+
+/// Reports a reset that settles the held close of the connection end with `key`.
+#[inline(always)]
+fn settle(ctx: &RawTracePointContext, key: u64, outcome: Outcome) {
+    emit(
+        ctx,
+        Event {
+            // No cgroup: the shared ring; the daemon knows the held close's cgroup.
+            cgroup_id: 0,
+            value: key,
+            kind: EventKind::ConnReset as u32,
             result: outcome as i32,
         },
     );
-    0
 }
 
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
@@ -192,9 +142,39 @@ pub fn socklat_tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
 pub fn socklat_tcp_send_reset(ctx: RawTracePointContext) -> i32 {
     // A reset sent with no socket (to a closed port) belongs to no connection.
     let sk: u64 = ctx.arg(0);
-    if sk != 0 && CONNECTIONS.get_ptr(&sk).is_some() {
-        mark(sk, CONN_RST_SENT);
+    if sk == 0 {
+        return 0;
     }
+    let state = sock::state(sk);
+    if state == tcp::TIME_WAIT {
+        // A timewait socket (FIN_WAIT2 substate) answers data with a reset (Linux >= 6.10
+        // traces it); one that answers a new SYN belongs to no live connection.
+        let skb: u64 = ctx.arg(1);
+        if !sock::is_syn(skb) {
+            settle(
+                &ctx,
+                sock::key(sk, Kind::TimeWait, false),
+                Outcome::ResetSent,
+            );
+        }
+        return 0;
+    }
+    if state == tcp::NEW_SYN_RECV || !sock::is_tcp(sk) {
+        return 0;
+    }
+    if CONNECTIONS.get_ptr(&sk).is_some() {
+        mark(sk, CONN_RST_SENT);
+    } else if state == tcp::CLOSE {
+        // Our reset after our CLOSE was reported: it settles that close.
+        settle(&ctx, sock::key(sk, Kind::Full, false), Outcome::ResetSent);
+    }
+    // The peer's end, if it is a timewait socket of this node whose close is held, is
+    // killed by this reset.
+    settle(
+        &ctx,
+        sock::key(sk, Kind::Full, true),
+        Outcome::ResetReceived,
+    );
     0
 }
 
@@ -202,7 +182,7 @@ pub fn socklat_tcp_send_reset(ctx: RawTracePointContext) -> i32 {
 pub fn socklat_tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     if sk != 0 {
-        bump(&RETRANSMITS, sk_cgroup(sk));
+        bump(&RETRANSMITS, sock::cgroup(sk));
     }
     0
 }
@@ -211,7 +191,7 @@ pub fn socklat_tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
 /// (not -EAGAIN, not interrupted by a signal).
 #[inline(always)]
 pub fn call_error(sk: u64) {
-    if ENABLE_CONN.load() != 0 && sk != 0 && CONNECTIONS.get_ptr(&sk).is_some() {
+    if ENABLE_CONN.load() != 0 && sk != 0 {
         mark(sk, CONN_CALL_ERROR);
     }
 }

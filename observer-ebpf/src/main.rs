@@ -14,6 +14,7 @@
 mod conn;
 mod faults;
 mod maps;
+mod sock;
 mod tcp;
 
 #[cfg(not(test))]

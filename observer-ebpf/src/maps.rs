@@ -119,8 +119,8 @@ fn put(ring: &Ring, event: Event) -> bool {
     true
 }
 
-/// Adds `v` to the counter at `p` with one atomic instruction (`lock xadd`, BPF_ATOMIC |
-/// BPF_ADD, every kernel): a per-CPU counter is also incremented by programs that run in
+/// Adds `v` to the counter at `p` with one atomic instruction (`lock xadd`, `BPF_ATOMIC |
+/// BPF_ADD`, every kernel): a per-CPU counter is also incremented by programs that run in
 /// softirq, or that preempt a fentry program (which runs preemptible), on the same CPU, and
 /// a plain load-add-store between them would lose one of the increments.
 #[inline(always)]

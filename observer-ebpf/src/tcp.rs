@@ -22,8 +22,9 @@ use aya_ebpf::{
 };
 use observer_common::{CALL_UNTIMED, CallResult, CallStart, Event, EventKind};
 
-use crate::conn::{self, AF_INET, AF_INET6, IPPROTO_TCP};
+use crate::conn;
 use crate::maps::{CALL_START, SYSCALL_START, current_cgroup, emit};
+use crate::sock::{self, AF_INET, AF_INET6, IPPROTO_TCP};
 
 /// 1 when the sendmsg signal is enabled (set by the daemon).
 #[unsafe(no_mangle)]
@@ -33,7 +34,7 @@ static ENABLE_SEND: Global<u32> = Global::new(1);
 static ENABLE_RECV: Global<u32> = Global::new(1);
 
 /// Syscall numbers of the send/recv family: the syscalls whose entry `socklat_sys_enter`
-/// records. Other syscalls that reach a socket (sendfile, splice, io_uring_enter, a 32-bit
+/// records. Other syscalls that reach a socket (sendfile, splice, `io_uring_enter`, a 32-bit
 /// process's syscalls) are not timed: their socket calls count as untimed, because the
 /// syscall the thread is in is not the one whose entry was recorded.
 #[cfg(bpf_target_arch = "x86_64")]
@@ -82,15 +83,26 @@ fn multi_message(id: i64) -> bool {
     id == nr::RECVMMSG || id == nr::SENDMMSG
 }
 
-/// The syscall the current thread is in (`orig_ax` of its saved registers), -1 when none.
+/// `-ENOSYS`: what a thread's saved `ax` holds while it is in a syscall (the entry code
+/// sets it; the return value replaces it at the syscall's exit).
+const ENOSYS: u64 = (-38i64).cast_unsigned();
+
+/// The syscall the current thread is in now (`orig_ax` of its saved registers), or -1 when
+/// it is in none: outside a syscall, or in the work that runs after one returned (`io_uring`
+/// task work at the exit of a syscall sees that syscall's `orig_ax`, but `ax` then holds
+/// its return value).
 #[inline(always)]
 fn current_syscall() -> i64 {
     // SAFETY: helpers without preconditions in tracing programs; the registers are read
     // with bpf_probe_read_kernel, which copes with any address.
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
-        bpf_probe_read_kernel(core::ptr::addr_of!((*regs).orig_rax))
-            .map_or(-1, |v| v.cast_signed())
+        let ax = bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rax));
+        let nr = bpf_probe_read_kernel(core::ptr::addr_of!((*regs).orig_rax));
+        match (ax, nr) {
+            (Ok(ENOSYS), Ok(nr)) => nr.cast_signed(),
+            _ => -1,
+        }
     }
 }
 
@@ -169,7 +181,7 @@ fn sock_length(ctx: &TracePointContext, kind: EventKind) {
     // SAFETY: the record's `sk` field (offset 8, checked with the others).
     let sk = unsafe { rec.add(TP_SK).cast::<u64>().read() };
     // The record has no socket type: a raw socket of protocol TCP looks the same there.
-    if conn::knows_sk_type() && !conn::is_stream_of_tcp(sk) {
+    if sock::knows_sk_type() && !sock::is_stream_of_tcp(sk) {
         return;
     }
     socket_call_returned(ctx, kind, sk, ret);
@@ -210,7 +222,7 @@ fn raw_sock_length(ctx: &RawTracePointContext, kind: EventKind) {
         reason = "the int argument, sign-extended"
     )]
     let ret = ctx.arg::<u64>(1) as i32;
-    if conn::is_tcp(sk) {
+    if sock::is_tcp(sk) {
         socket_call_returned(ctx, kind, sk, ret);
     }
 }
@@ -253,7 +265,11 @@ pub fn socklat_sock_recv_length(ctx: TracePointContext) -> u32 {
 fn call_entry(sk: u64) {
     let _ = CALL_START.insert(
         &bpf_get_current_pid_tgid(),
-        &CallStart { ts: now(), sk, nr: 0 },
+        &CallStart {
+            ts: now(),
+            sk,
+            nr: 0,
+        },
         0,
     );
 }

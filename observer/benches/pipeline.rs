@@ -49,8 +49,8 @@ fn main() {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(2) {
         for (i, recs) in per_cgroup.iter().enumerate() {
-            let epoch = agg.epoch(start.elapsed());
-            let mut sink = agg.sink(i as u64 + 1, epoch);
+            let now = agg.now(start.elapsed());
+            let mut sink = agg.sink(i as u64 + 1, now);
             for r in recs {
                 sink.push(r);
             }
@@ -68,9 +68,9 @@ fn main() {
     let mut n: u64 = 0;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(2) {
-        let epoch = agg.epoch(start.elapsed());
+        let now = agg.now(start.elapsed());
         for r in &mixed {
-            agg.push_shared(r, epoch);
+            agg.push_shared(r, now);
         }
         n += mixed.len() as u64;
     }

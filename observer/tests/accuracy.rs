@@ -144,8 +144,7 @@ fn interrupted_calls_are_counted_apart_and_do_not_mark_the_connection() {
     ));
     let signals = reported(&out, "signals");
     assert!(signals >= 20.0, "only {signals} signals arrived");
-    std::thread::sleep(Duration::from_millis(300));
-    let m = daemon.scrape();
+    let m = daemon.scrape_settled();
     let interrupted = calls(&m, &cg, "recvmsg", "interrupted");
     assert!(
         interrupted <= signals && interrupted >= signals - 2.0,

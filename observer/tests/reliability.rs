@@ -403,6 +403,13 @@ fn counters_never_go_down_across_admissions_and_expiry() {
             .is_some_and(|v| v > 0.0)),
         "nothing was counted under _other"
     );
+    let compared = assert_counters_never_go_down(&scrapes);
+    assert!(compared > 1000, "only {compared} samples compared");
+}
+
+/// Checks that every counter sample two consecutive scrapes both show never goes down;
+/// returns how many samples were compared.
+fn assert_counters_never_go_down(scrapes: &[Metrics]) -> usize {
     let counter = |name: &str| {
         ["_total", "_count", "_sum", "_bucket"]
             .iter()
@@ -429,5 +436,5 @@ fn counters_never_go_down_across_admissions_and_expiry() {
             }
         }
     }
-    assert!(compared > 1000, "only {compared} samples compared");
+    compared
 }

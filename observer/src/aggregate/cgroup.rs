@@ -1,7 +1,7 @@
 //! Everything known about one cgroup (or about `_other`): its socket calls, connections and
 //! page fault durations, recorded from decoded events.
 
-use observer_common::{CallResult, Event, EventKind, FAULT_MAJOR, Outcome};
+use observer_common::{CallResult, Event, EventKind, FAULT_MAJOR, Outcome, split_close_result};
 
 use super::connections::ConnAgg;
 use super::duration::DurationAgg;
@@ -50,6 +50,11 @@ pub struct CgroupAgg {
 }
 
 impl CgroupAgg {
+    /// Counts one closed connection.
+    pub fn record_close(&mut self, outcome: Outcome, epoch: u64) {
+        self.conns.get_or_insert_default().record(outcome, epoch);
+    }
+
     /// Records one event. `epoch` is the current window slice. False when the event's kind
     /// or outcome is unknown (a newer kernel object?): nothing is recorded then.
     #[inline]
@@ -67,14 +72,15 @@ impl CgroupAgg {
                 return true;
             }
             Some(EventKind::ConnClose) => {
-                let Some(outcome) = Outcome::from_i32(ev.result) else {
+                let Some((outcome, _)) = split_close_result(ev.result) else {
                     return false;
                 };
                 self.events[Signal::Connections as usize] += 1;
-                self.conns.get_or_insert_default().record(outcome, epoch);
+                self.record_close(outcome, epoch);
                 return true;
             }
-            None => return false,
+            // Resets are settled by the aggregator (they have no cgroup).
+            Some(EventKind::ConnReset) | None => return false,
         };
         self.events[signal as usize] += 1;
         let call = self.calls[slot].get_or_insert_with(|| {

@@ -9,12 +9,13 @@ mod cgroup;
 mod connections;
 mod duration;
 mod kernel_counts;
+mod pending;
 mod snapshot;
 
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use observer_common::Event;
+use observer_common::{Event, EventKind, Outcome, split_close_result};
 
 pub use cgroup::{CallAgg, CallResults, CgroupAgg};
 pub use connections::ConnAgg;
@@ -22,6 +23,7 @@ pub use duration::{
     BUCKETS_NS, DurationAgg, HistogramTotals, MAX_TRACKED_NS, QUANTILES, SIGFIGS, new_histogram,
 };
 pub use kernel_counts::{KernelCounts, Ledger};
+pub use pending::{EARLY_RESET_MS, PendingCloses, SYNC_HOLD_MS, TIMEWAIT_HOLD_MS};
 pub use snapshot::{CallSnapshot, CgroupSnapshot, ConnSnapshot, DurationSnapshot};
 
 use crate::idmap::IdMap;
@@ -29,6 +31,14 @@ use crate::signal::Signal;
 
 /// Slices per window.
 pub const SLICES: u64 = 6;
+
+/// The daemon's clock as the aggregator reads it: the window slice, and milliseconds since
+/// start (for held connection closes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    pub epoch: u64,
+    pub ms: u64,
+}
 
 /// Where an event went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,8 +80,35 @@ pub struct Aggregator {
     max_cgroups: usize,
     slice: Duration,
     intake: Intake,
-    forgotten_events: [u64; Signal::ALL.len()],
+    pending: PendingCloses,
+    events_without_series: [u64; Signal::ALL.len()],
     scratch: Histogram<u32>,
+}
+
+/// What the aggregator does with a decoded event before a cgroup records it.
+enum Step {
+    /// The cgroup records it.
+    Record,
+    /// A connection close to count now, with this outcome.
+    Close(Outcome),
+    /// Held, or a reset that settled (or waits for) a held close.
+    Taken,
+}
+
+/// Takes the connection events that wait for each other out of the way.
+fn step(pending: &mut PendingCloses, ev: &Event, now_ms: u64) -> Step {
+    match EventKind::from_u32(ev.kind) {
+        Some(EventKind::ConnClose) => match split_close_result(ev.result) {
+            Some((outcome, hold)) => {
+                match pending.close(ev.cgroup_id, ev.value, outcome, hold, now_ms) {
+                    Some(o) => Step::Close(o),
+                    None => Step::Taken,
+                }
+            }
+            None => Step::Record,
+        },
+        _ => Step::Record,
+    }
 }
 
 impl Aggregator {
@@ -84,7 +121,8 @@ impl Aggregator {
             max_cgroups,
             slice,
             intake: Intake::default(),
-            forgotten_events: [0; Signal::ALL.len()],
+            pending: PendingCloses::default(),
+            events_without_series: [0; Signal::ALL.len()],
             scratch: new_histogram(),
         }
     }
@@ -93,6 +131,15 @@ impl Aggregator {
     #[must_use]
     pub fn epoch(&self, elapsed: Duration) -> u64 {
         u64::try_from(elapsed.as_nanos() / self.slice.as_nanos().max(1)).unwrap_or(u64::MAX)
+    }
+
+    /// The clock at `elapsed` (time since start).
+    #[must_use]
+    pub fn now(&self, elapsed: Duration) -> Now {
+        Now {
+            epoch: self.epoch(elapsed),
+            ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        }
     }
 
     /// Number of cgroups with their own series.
@@ -115,7 +162,7 @@ impl Aggregator {
 
     /// A sink for the records of one cgroup's own ring: the cgroup is looked up once per
     /// batch, not once per event.
-    pub fn sink(&mut self, cgroup_id: u64, epoch: u64) -> Sink<'_> {
+    pub fn sink(&mut self, cgroup_id: u64, now: Now) -> Sink<'_> {
         let agg = match self.cgroups.get_mut(&cgroup_id) {
             Some(agg) => agg,
             None => &mut self.other,
@@ -123,8 +170,31 @@ impl Aggregator {
         Sink {
             agg,
             intake: &mut self.intake,
-            epoch,
+            pending: &mut self.pending,
+            now,
         }
+    }
+
+    /// The aggregator of `cgroup_id`, or `_other`'s.
+    fn agg_of(&mut self, cgroup_id: u64) -> &mut CgroupAgg {
+        match self.cgroups.get_mut(&cgroup_id) {
+            Some(agg) => agg,
+            None => &mut self.other,
+        }
+    }
+
+    /// Counts the held connection closes whose time is up.
+    pub fn settle(&mut self, now: Now) {
+        let due: Vec<(u64, Outcome)> = self.pending.due(now.ms).collect();
+        for (cgroup_id, outcome) in due {
+            self.agg_of(cgroup_id).record_close(outcome, now.epoch);
+        }
+    }
+
+    /// Connection closes held now.
+    #[must_use]
+    pub fn held_closes(&self) -> usize {
+        self.pending.len()
     }
 
     /// What was read from the kernel so far.
@@ -134,9 +204,14 @@ impl Aggregator {
     }
 
     /// Records one record of the shared ring, admitting its cgroup when there is room.
-    /// Returns the event's cgroup and where it went; `None` for an undecodable record.
-    pub fn push_shared(&mut self, bytes: &[u8], epoch: u64) -> Option<(u64, Admission)> {
+    /// Returns the event's cgroup and where it went; `None` for an undecodable record and
+    /// for a connection reset (it has no cgroup: it settles a held close).
+    pub fn push_shared(&mut self, bytes: &[u8], now: Now) -> Option<(u64, Admission)> {
         let ev = self.intake.decode(bytes)?;
+        if ev.kind == EventKind::ConnReset as u32 {
+            self.reset(&ev, now);
+            return None;
+        }
         let admission = self.admit(ev.cgroup_id);
         let agg = match admission {
             Admission::Other => &mut self.other,
@@ -145,10 +220,22 @@ impl Aggregator {
                 .get_mut(&ev.cgroup_id)
                 .expect("admitted cgroup exists"),
         };
-        if !agg.record(&ev, epoch) {
+        if !record(agg, &mut self.pending, &ev, now) {
             self.intake.undecodable += 1;
         }
         Some((ev.cgroup_id, admission))
+    }
+
+    /// A reset that settles a held close.
+    fn reset(&mut self, ev: &Event, now: Now) {
+        self.events_without_series[Signal::Connections as usize] += 1;
+        let Some(outcome) = Outcome::from_i32(ev.result) else {
+            self.intake.undecodable += 1;
+            return;
+        };
+        if let Some((cgroup_id, o)) = self.pending.reset(ev.value, outcome, now.ms) {
+            self.agg_of(cgroup_id).record_close(o, now.epoch);
+        }
     }
 
     /// Builds the data a scrape renders.
@@ -170,16 +257,17 @@ impl Aggregator {
         let Some(agg) = self.cgroups.remove(&cgroup_id) else {
             return false;
         };
-        for (t, e) in self.forgotten_events.iter_mut().zip(agg.events) {
+        for (t, e) in self.events_without_series.iter_mut().zip(agg.events) {
             *t += e;
         }
         true
     }
 
-    /// Events of cgroups that were forgotten, per [`Signal`].
+    /// Events counted in no cgroup's series, per [`Signal`]: those of cgroups that were
+    /// forgotten, and connection resets (which belong to no cgroup).
     #[must_use]
-    pub fn forgotten_events(&self) -> [u64; Signal::ALL.len()] {
-        self.forgotten_events
+    pub fn events_without_series(&self) -> [u64; Signal::ALL.len()] {
+        self.events_without_series
     }
 
     /// All events received for a tracked cgroup (`None` when it is not tracked).
@@ -200,11 +288,30 @@ impl Aggregator {
     }
 }
 
+/// Records one decoded event into `agg` (a held close into `pending`); false when it is
+/// of no known kind.
+#[inline]
+fn record(agg: &mut CgroupAgg, pending: &mut PendingCloses, ev: &Event, now: Now) -> bool {
+    match step(pending, ev, now.ms) {
+        Step::Record => agg.record(ev, now.epoch),
+        Step::Close(outcome) => {
+            agg.events[Signal::Connections as usize] += 1;
+            agg.record_close(outcome, now.epoch);
+            true
+        }
+        Step::Taken => {
+            agg.events[Signal::Connections as usize] += 1;
+            true
+        }
+    }
+}
+
 /// Records the records of one cgroup's ring (see [`Aggregator::sink`]).
 pub struct Sink<'a> {
     agg: &'a mut CgroupAgg,
     intake: &'a mut Intake,
-    epoch: u64,
+    pending: &'a mut PendingCloses,
+    now: Now,
 }
 
 impl Sink<'_> {
@@ -212,7 +319,7 @@ impl Sink<'_> {
     #[inline]
     pub fn push(&mut self, bytes: &[u8]) {
         if let Some(ev) = self.intake.decode(bytes)
-            && !self.agg.record(&ev, self.epoch)
+            && !record(self.agg, self.pending, &ev, self.now)
         {
             self.intake.undecodable += 1;
         }
@@ -245,7 +352,8 @@ mod tests {
             }
             .to_bytes()
         };
-        let admitted = |a: &mut Aggregator, id| a.push_shared(&mk(id), 0).map(|(_, adm)| adm);
+        let admitted =
+            |a: &mut Aggregator, id| a.push_shared(&mk(id), Now::default()).map(|(_, adm)| adm);
         assert_eq!(admitted(&mut a, 1), Some(Admission::New));
         assert_eq!(admitted(&mut a, 1), Some(Admission::Known));
         assert_eq!(admitted(&mut a, 2), Some(Admission::New));
@@ -264,7 +372,7 @@ mod tests {
         assert!(a.forget(1));
         assert!(!a.forget(1));
         assert_eq!(a.tracked(), 1);
-        assert_eq!(a.forgotten_events()[Signal::SendMsg as usize], 2);
+        assert_eq!(a.events_without_series()[Signal::SendMsg as usize], 2);
         assert_eq!(admitted(&mut a, 5), Some(Admission::New));
     }
 
@@ -283,13 +391,13 @@ mod tests {
 
         let mut own = Aggregator::new(4, Duration::from_mins(1));
         assert_eq!(own.admit(7), Admission::New);
-        let mut sink = own.sink(7, 0);
+        let mut sink = own.sink(7, Now::default());
         for rec in records {
             sink.push(rec);
         }
         let mut shared = Aggregator::new(4, Duration::from_mins(1));
         for rec in records {
-            shared.push_shared(rec, 0);
+            shared.push_shared(rec, Now::default());
         }
         for a in [&mut own, &mut shared] {
             assert_eq!(

@@ -24,7 +24,7 @@ pub use handle::Handle;
 pub use maps::Maps;
 pub use slots::INITIAL_RING_SIZE;
 
-use crate::aggregate::{Admission, Aggregator, Ledger};
+use crate::aggregate::{Admission, Aggregator, Ledger, Now};
 use crate::cgroups::Resolver;
 use crate::error::Error;
 use crate::exposition::{Row, Scrape};
@@ -167,8 +167,8 @@ impl Collector {
                         // The kernel woke us: this ring is a quarter full. Drain it, and
                         // give the cgroup a bigger ring if it may have one.
                         if let Some(i) = Rings::slot_of_token(t) {
-                            let epoch = self.epoch();
-                            self.rings.drain_slot(i, &mut self.agg, epoch, BATCH);
+                            let now = self.now();
+                            self.rings.drain_slot(i, &mut self.agg, now, BATCH);
                             self.rings.grow(&self.epoll, i);
                         }
                     }
@@ -183,10 +183,11 @@ impl Collector {
 
     /// The poll tick: installs done, every ring drained, new cgroups resolved.
     fn tick(&mut self) {
-        let epoch = self.epoch();
-        self.rings.completions(&self.epoll, &mut self.agg, epoch);
+        let now = self.now();
+        self.rings.completions(&self.epoll, &mut self.agg, now);
         self.drain_shared();
-        self.rings.drain_all(&mut self.agg, epoch);
+        self.rings.drain_all(&mut self.agg, now);
+        self.agg.settle(now);
         // At most one rescan of the cgroup tree per tick, and only when a new cgroup came.
         if !self.unresolved.is_empty() {
             self.resolver.begin_round();
@@ -196,20 +197,20 @@ impl Collector {
         }
     }
 
-    fn epoch(&self) -> u64 {
-        self.agg.epoch(self.start.elapsed())
+    fn now(&self) -> Now {
+        self.agg.now(self.start.elapsed())
     }
 
     /// Drains a batch of the shared ring: admits new cgroups (and gives them rings), and
     /// grows the rings of admitted cgroups that spilled over.
     fn drain_shared(&mut self) {
-        let epoch = self.epoch();
+        let now = self.now();
         let mut spilled: Vec<usize> = Vec::new();
         for _ in 0..BATCH {
             let Some(item) = self.shared.next() else {
                 break;
             };
-            let pushed = self.agg.push_shared(&item, epoch);
+            let pushed = self.agg.push_shared(&item, now);
             drop(item);
             let Some((cgroup_id, admission)) = pushed else {
                 continue;
@@ -264,8 +265,8 @@ impl Collector {
 
     /// Forgets everything of one cgroup, after counting what its rings still hold.
     fn forget(&mut self, id: u64) {
-        let epoch = self.epoch();
-        self.rings.drain_cgroup(id, &mut self.agg, epoch);
+        let now = self.now();
+        self.rings.drain_cgroup(id, &mut self.agg, now);
         self.agg.forget(id);
         self.idle.remove(&id);
         self.resolver.forget(id);
@@ -279,9 +280,9 @@ impl Collector {
         loop {
             let before = self.agg.intake().received;
             self.drain_shared();
-            let epoch = self.epoch();
-            self.rings.drain_all(&mut self.agg, epoch);
-            self.rings.completions(&self.epoll, &mut self.agg, epoch);
+            let now = self.now();
+            self.rings.drain_all(&mut self.agg, now);
+            self.rings.completions(&self.epoll, &mut self.agg, now);
             if self.agg.intake().received == before {
                 break;
             }
@@ -305,7 +306,7 @@ impl Collector {
 
     fn scrape(&mut self) -> Scrape {
         self.resolver.begin_round();
-        let epoch = self.epoch();
+        let now = self.now();
         let counts = self.counters.read();
         // Cgroups known only from their kernel counters get series too, if there is room.
         for id in counts.per_cgroup.keys() {
@@ -320,8 +321,9 @@ impl Collector {
             retransmits: beyond.retransmits,
             ..Row::empty_other()
         };
-        let mut events = self.agg.forgotten_events();
-        let snaps = self.agg.snapshot(epoch);
+        let mut events = self.agg.events_without_series();
+        self.agg.settle(now);
+        let snaps = self.agg.snapshot(now.epoch);
         // Resolve every id before taking labels: finding a new cgroup can relabel an old
         // one (a path made again), and both rows must see that.
         for id in snaps.iter().filter_map(|s| s.id) {

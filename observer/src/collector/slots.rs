@@ -8,7 +8,7 @@ use aya::maps::{MapData, RingBuf};
 
 use super::installer::Installer;
 use super::sys::Epoll;
-use crate::aggregate::Aggregator;
+use crate::aggregate::{Aggregator, Now};
 use crate::idmap::IdMap;
 
 /// Size of a cgroup's first ring. Rings grow (x4, up to `--ring-size`) each time the kernel
@@ -224,7 +224,7 @@ impl Rings {
     /// retirement clock of the rings they replaced (or, where the replacement failed, puts
     /// the replaced ring back: the kernel still writes to it), and drops the rings of gone
     /// cgroups once they are out of the map and drained.
-    pub fn completions(&mut self, epoll: &Epoll, agg: &mut Aggregator, epoch: u64) {
+    pub fn completions(&mut self, epoll: &Epoll, agg: &mut Aggregator, now: Now) {
         while let Some((ticket, ok)) = self.installer.completed() {
             let Some(i) = self.slots.iter().position(|s| {
                 s.as_ref().is_some_and(|s| {
@@ -237,7 +237,7 @@ impl Rings {
                 self.slots[i].as_ref().map(|s| s.state),
                 Some(State::Removing(_))
             ) {
-                self.drain_slot(i, agg, epoch, usize::MAX);
+                self.drain_slot(i, agg, now, usize::MAX);
                 if let Some(slot) = self.slots[i].take() {
                     epoll.remove(slot.ring.as_fd().as_raw_fd());
                 }
@@ -262,7 +262,7 @@ impl Rings {
                         state: State::Installed,
                     });
                     // Drain what the new ring may hold (nothing, as it was never installed).
-                    let mut sink = agg.sink(new.cgroup_id, epoch);
+                    let mut sink = agg.sink(new.cgroup_id, now);
                     let mut ring = new.ring;
                     while let Some(item) = ring.next() {
                         sink.push(&item);
@@ -278,11 +278,11 @@ impl Rings {
     }
 
     /// Drains up to `max` records of slot `i`'s ring into `agg`.
-    pub fn drain_slot(&mut self, i: usize, agg: &mut Aggregator, epoch: u64, max: usize) {
+    pub fn drain_slot(&mut self, i: usize, agg: &mut Aggregator, now: Now, max: usize) {
         let Some(Some(slot)) = self.slots.get_mut(i) else {
             return;
         };
-        let mut sink = agg.sink(slot.cgroup_id, epoch);
+        let mut sink = agg.sink(slot.cgroup_id, now);
         for _ in 0..max {
             let Some(item) = slot.ring.next() else { break };
             sink.push(&item);
@@ -291,12 +291,12 @@ impl Rings {
 
     /// Drains every slot (a batch each) and every retired ring (whole), then drops the
     /// retired rings whose time is up.
-    pub fn drain_all(&mut self, agg: &mut Aggregator, epoch: u64) {
+    pub fn drain_all(&mut self, agg: &mut Aggregator, now: Now) {
         for i in 0..self.slots.len() {
-            self.drain_slot(i, agg, epoch, BATCH);
+            self.drain_slot(i, agg, now, BATCH);
         }
         for r in &mut self.retired {
-            let mut sink = agg.sink(r.cgroup_id, epoch);
+            let mut sink = agg.sink(r.cgroup_id, now);
             while let Some(item) = r.ring.next() {
                 sink.push(&item);
             }
@@ -306,12 +306,12 @@ impl Rings {
     }
 
     /// Drains everything a cgroup's rings hold into `agg` (before the cgroup is forgotten).
-    pub fn drain_cgroup(&mut self, cgroup_id: u64, agg: &mut Aggregator, epoch: u64) {
+    pub fn drain_cgroup(&mut self, cgroup_id: u64, agg: &mut Aggregator, now: Now) {
         if let Some(&Placement::Own(i)) = self.by_cgroup.get(&cgroup_id) {
-            self.drain_slot(i, agg, epoch, usize::MAX);
+            self.drain_slot(i, agg, now, usize::MAX);
         }
         for r in self.retired.iter_mut().filter(|r| r.cgroup_id == cgroup_id) {
-            let mut sink = agg.sink(cgroup_id, epoch);
+            let mut sink = agg.sink(cgroup_id, now);
             while let Some(item) = r.ring.next() {
                 sink.push(&item);
             }

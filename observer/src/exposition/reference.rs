@@ -177,7 +177,7 @@ mod tests {
     use std::time::Duration;
 
     fn push(a: &mut Aggregator, ev: &Event) {
-        a.push_shared(&ev.to_bytes(), 0);
+        a.push_shared(&ev.to_bytes(), crate::aggregate::Now::default());
     }
 
     fn scrape_with_traffic() -> Scrape {

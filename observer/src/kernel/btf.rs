@@ -258,6 +258,28 @@ pub struct SockOffsets {
     pub cgrp_is_tagged_val: bool,
     pub cgroup_kn: u32,
     pub kn_id: u32,
+    /// `sock_common.skc_state`.
+    pub sk_state: u32,
+    /// `sock_common.skc_flags`.
+    pub sk_flags: u32,
+    /// `sock.sk_shutdown`, `None` where it is a bitfield.
+    pub sk_shutdown: Option<u32>,
+    /// `tcp_sock.segs_out`.
+    pub segs_out: u32,
+    /// `sock_common.skc_daddr`, then `skc_rcv_saddr` (checked).
+    pub skc_addrs: u32,
+    /// `sock_common.skc_dport`, then `skc_num` (checked).
+    pub skc_ports: u32,
+    /// `sock_common.skc_v6_daddr`, then `skc_v6_rcv_saddr` (checked); `None` without IPv6.
+    pub skc_v6_addrs: Option<u32>,
+    /// `inet_sock.inet_sport`.
+    pub inet_sport: u32,
+    /// `sock_common.skc_net`.
+    pub skc_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+    /// `sk_buff.data`.
+    pub skb_data: u32,
 }
 
 impl SockOffsets {
@@ -284,6 +306,14 @@ impl SockOffsets {
         if sk_type.abs_diff(sk_protocol) != 2 {
             return Err(BtfError::Missing("sock", "sk_type next to sk_protocol"));
         }
+        let pair = |s: &'static str, a: &'static str, b: &'static str, gap: u32| {
+            let first = need(s, a)?;
+            if need(s, b)? == first + gap {
+                Ok(first)
+            } else {
+                Err(BtfError::Missing(s, b))
+            }
+        };
         let (cgrp_ptr, tagged) = match btf.offset("sock_cgroup_data", "cgroup") {
             Some(o) => (o, false),
             None => (need("sock_cgroup_data", "val")?, true),
@@ -298,6 +328,17 @@ impl SockOffsets {
             cgrp_is_tagged_val: tagged,
             cgroup_kn: need("cgroup", "kn")?,
             kn_id: need("kernfs_node", "id")?,
+            sk_state: need("sock_common", "skc_state")?,
+            sk_flags: need("sock_common", "skc_flags")?,
+            sk_shutdown: btf.offset("sock", "sk_shutdown"),
+            segs_out: need("tcp_sock", "segs_out")?,
+            skc_addrs: pair("sock_common", "skc_daddr", "skc_rcv_saddr", 4)?,
+            skc_ports: pair("sock_common", "skc_dport", "skc_num", 2)?,
+            skc_v6_addrs: pair("sock_common", "skc_v6_daddr", "skc_v6_rcv_saddr", 16).ok(),
+            inet_sport: need("inet_sock", "inet_sport")?,
+            skc_net: need("sock_common", "skc_net")?,
+            net_inum: need("net", "ns")? + need("ns_common", "inum")?,
+            skb_data: need("sk_buff", "data")?,
         })
     }
 }

@@ -69,6 +69,17 @@ struct Globals {
     cgrp_tagged: u64,
     cgroup_kn: u64,
     kn_id: u64,
+    sk_state: u64,
+    sk_flags: u64,
+    sk_shutdown: u64,
+    segs_out: u64,
+    skc_addrs: u64,
+    skc_ports: u64,
+    skc_v6_addrs: u64,
+    inet_sport: u64,
+    skc_net: u64,
+    net_inum: u64,
+    skb_data: u64,
 }
 
 impl Globals {
@@ -89,6 +100,17 @@ impl Globals {
             cgrp_tagged: o.map_or(0, |o| u64::from(o.cgrp_is_tagged_val)),
             cgroup_kn: off(|o| o.cgroup_kn),
             kn_id: off(|o| o.kn_id),
+            sk_state: off(|o| o.sk_state),
+            sk_flags: off(|o| o.sk_flags),
+            sk_shutdown: off(|o| o.sk_shutdown.unwrap_or(0)),
+            segs_out: off(|o| o.segs_out),
+            skc_addrs: off(|o| o.skc_addrs),
+            skc_ports: off(|o| o.skc_ports),
+            skc_v6_addrs: off(|o| o.skc_v6_addrs.unwrap_or(0)),
+            inet_sport: off(|o| o.inet_sport),
+            skc_net: off(|o| o.skc_net),
+            net_inum: off(|o| o.net_inum),
+            skb_data: off(|o| o.skb_data),
         }
     }
 
@@ -105,7 +127,18 @@ impl Globals {
             .override_global(names::OFF_SK_CGRP, &self.sk_cgrp, true)
             .override_global(names::CGRP_TAGGED, &self.cgrp_tagged, true)
             .override_global(names::OFF_CGROUP_KN, &self.cgroup_kn, true)
-            .override_global(names::OFF_KN_ID, &self.kn_id, true);
+            .override_global(names::OFF_KN_ID, &self.kn_id, true)
+            .override_global(names::OFF_SK_STATE, &self.sk_state, true)
+            .override_global(names::OFF_SK_FLAGS, &self.sk_flags, true)
+            .override_global(names::OFF_SK_SHUTDOWN, &self.sk_shutdown, true)
+            .override_global(names::OFF_SEGS_OUT, &self.segs_out, true)
+            .override_global(names::OFF_SKC_ADDRS, &self.skc_addrs, true)
+            .override_global(names::OFF_SKC_PORTS, &self.skc_ports, true)
+            .override_global(names::OFF_SKC_V6_ADDRS, &self.skc_v6_addrs, true)
+            .override_global(names::OFF_INET_SPORT, &self.inet_sport, true)
+            .override_global(names::OFF_SKC_NET, &self.skc_net, true)
+            .override_global(names::OFF_NET_INUM, &self.net_inum, true)
+            .override_global(names::OFF_SKB_DATA, &self.skb_data, true);
     }
 }
 

@@ -191,6 +191,15 @@ impl Daemon {
         Metrics::parse(&body)
     }
 
+    /// A scrape once every connection closed so far is counted: a close that a reset may
+    /// still follow is held by the daemon for up to `TIMEWAIT_HOLD_MS` before it counts it.
+    pub fn scrape_settled(&self) -> Metrics {
+        std::thread::sleep(Duration::from_millis(
+            observer::aggregate::TIMEWAIT_HOLD_MS + 300,
+        ));
+        self.scrape()
+    }
+
     pub fn scrape_text(&self) -> String {
         http_get(self.addr, "/metrics").expect("scrape").1
     }

@@ -1,0 +1,119 @@
+//! Names of maps, programs and globals, shared so that neither side spells them twice.
+//! (Program names are the kernel programs' function names; a unit test of the daemon checks
+//! that its program table and the built object agree.)
+
+/// Hash of maps: cgroup id -> that cgroup's ring buffer.
+pub const CGROUP_RINGS: &str = "CGROUP_RINGS";
+/// Ring buffer for cgroups without their own ring (and the daemon's news of new cgroups).
+pub const SHARED_RING: &str = "SHARED_RING";
+/// Per-CPU hash: cgroup id -> events a full ring could not take.
+pub const LOST_EVENTS: &str = "LOST_EVENTS";
+/// Per-CPU hash: cgroup id -> [`super::FaultCounts`].
+pub const FAULT_COUNTS: &str = "FAULT_COUNTS";
+/// Per-CPU array of one u64: connections that reached CLOSE with no tracked state.
+pub const CONN_UNTRACKED: &str = "CONN_UNTRACKED";
+/// Per-CPU array of one [`super::FaultCache`].
+pub const FAULT_CACHE: &str = "FAULT_CACHE";
+/// Per-CPU hash: cgroup id -> retransmitted segments.
+pub const RETRANSMITS: &str = "RETRANSMITS";
+
+/// Global: 1 when the sendmsg signal is enabled.
+pub const ENABLE_SEND: &str = "ENABLE_SEND";
+/// Global: 1 when the recvmsg signal is enabled.
+pub const ENABLE_RECV: &str = "ENABLE_RECV";
+/// Global: 1 when the connections signal is enabled (marks call errors on connections).
+pub const ENABLE_CONN: &str = "ENABLE_CONN";
+/// Global: offset of `sock_common.skc_family` (kernel BTF).
+pub const OFF_SK_FAMILY: &str = "OFF_SK_FAMILY";
+/// Global: offset of the first of `sock.sk_type` and `sk_protocol`, adjacent u16s
+/// (their order differs between kernels).
+pub const OFF_SK_TYPE_PROTOCOL: &str = "OFF_SK_TYPE_PROTOCOL";
+/// Global: the 4 bytes at `OFF_SK_TYPE_PROTOCOL` of a `SOCK_STREAM` socket of protocol
+/// TCP, as a little-endian u32.
+pub const SK_TCP_STREAM: &str = "SK_TCP_STREAM";
+/// Global: offset of `sock.sk_err` (kernel BTF).
+pub const OFF_SK_ERR: &str = "OFF_SK_ERR";
+/// Global: offset of the cgroup pointer in `sock.sk_cgrp_data` (kernel BTF).
+pub const OFF_SK_CGRP: &str = "OFF_SK_CGRP";
+/// Global: 1 where `sock_cgroup_data` is a tagged word (before Linux 5.15).
+pub const CGRP_TAGGED: &str = "CGRP_TAGGED";
+/// Global: offset of `cgroup.kn` (kernel BTF).
+pub const OFF_CGROUP_KN: &str = "OFF_CGROUP_KN";
+/// Global: offset of `kernfs_node.id` (kernel BTF).
+pub const OFF_KN_ID: &str = "OFF_KN_ID";
+/// Global: offset of `sock_common.skc_state`.
+pub const OFF_SK_STATE: &str = "OFF_SK_STATE";
+/// Global: offset of `sock_common.skc_flags`.
+pub const OFF_SK_FLAGS: &str = "OFF_SK_FLAGS";
+/// Global: offset of `sock.sk_shutdown` (0: a bitfield on this kernel).
+pub const OFF_SK_SHUTDOWN: &str = "OFF_SK_SHUTDOWN";
+/// Global: offset of `tcp_sock.segs_out`.
+pub const OFF_SEGS_OUT: &str = "OFF_SEGS_OUT";
+/// Global: offset of `sock_common.skc_daddr` (then `skc_rcv_saddr`).
+pub const OFF_SKC_ADDRS: &str = "OFF_SKC_ADDRS";
+/// Global: offset of `sock_common.skc_dport` (then `skc_num`).
+pub const OFF_SKC_PORTS: &str = "OFF_SKC_PORTS";
+/// Global: offset of `sock_common.skc_v6_daddr` (then `skc_v6_rcv_saddr`).
+pub const OFF_SKC_V6_ADDRS: &str = "OFF_SKC_V6_ADDRS";
+/// Global: offset of `inet_sock.inet_sport`.
+pub const OFF_INET_SPORT: &str = "OFF_INET_SPORT";
+/// Global: offset of `sock_common.skc_net`.
+pub const OFF_SKC_NET: &str = "OFF_SKC_NET";
+/// Global: offset of `net.ns.inum`.
+pub const OFF_NET_INUM: &str = "OFF_NET_INUM";
+/// Global: offset of `sk_buff.data`.
+pub const OFF_SKB_DATA: &str = "OFF_SKB_DATA";
+
+/// Program names (the functions of `observer-ebpf`).
+pub mod programs {
+    /// Raw `sys_enter`: entry of the send/recv-family syscalls (tracepoint mode).
+    pub const SYS_ENTER: &str = "socklat_sys_enter";
+    /// Raw tracepoint `sock_send_length` (tracepoint mode, BTF offsets).
+    pub const RAW_SOCK_SEND_LENGTH: &str = "socklat_raw_sock_send_length";
+    /// Raw tracepoint `sock_recv_length` (tracepoint mode, BTF offsets).
+    pub const RAW_SOCK_RECV_LENGTH: &str = "socklat_raw_sock_recv_length";
+    /// Classic tracepoint `sock:sock_send_length` (tracepoint mode without BTF).
+    pub const SOCK_SEND_LENGTH: &str = "socklat_sock_send_length";
+    /// Classic tracepoint `sock:sock_recv_length` (tracepoint mode without BTF).
+    pub const SOCK_RECV_LENGTH: &str = "socklat_sock_recv_length";
+    /// fentry `tcp_sendmsg`.
+    pub const FENTRY_TCP_SENDMSG: &str = "socklat_fentry_tcp_sendmsg";
+    /// fexit `tcp_sendmsg`.
+    pub const FEXIT_TCP_SENDMSG: &str = "socklat_fexit_tcp_sendmsg";
+    /// fentry `tcp_recvmsg`.
+    pub const FENTRY_TCP_RECVMSG: &str = "socklat_fentry_tcp_recvmsg";
+    /// fexit `tcp_recvmsg` with 4 parameters (Linux 7.x).
+    pub const FEXIT_TCP_RECVMSG4: &str = "socklat_fexit_tcp_recvmsg4";
+    /// fexit `tcp_recvmsg` with 5 parameters (Linux 5.19 .. 6.x).
+    pub const FEXIT_TCP_RECVMSG5: &str = "socklat_fexit_tcp_recvmsg5";
+    /// fexit `tcp_recvmsg` with 6 parameters (before Linux 5.19).
+    pub const FEXIT_TCP_RECVMSG6: &str = "socklat_fexit_tcp_recvmsg6";
+    /// kprobe `tcp_sendmsg`.
+    pub const KPROBE_TCP_SENDMSG: &str = "socklat_kprobe_tcp_sendmsg";
+    /// kretprobe `tcp_sendmsg`.
+    pub const KRETPROBE_TCP_SENDMSG: &str = "socklat_kretprobe_tcp_sendmsg";
+    /// kprobe `tcp_recvmsg`.
+    pub const KPROBE_TCP_RECVMSG: &str = "socklat_kprobe_tcp_recvmsg";
+    /// kretprobe `tcp_recvmsg`.
+    pub const KRETPROBE_TCP_RECVMSG: &str = "socklat_kretprobe_tcp_recvmsg";
+    /// Raw tracepoint `inet_sock_set_state`.
+    pub const INET_SOCK_SET_STATE: &str = "socklat_inet_sock_set_state";
+    /// Raw tracepoint `tcp_receive_reset`.
+    pub const TCP_RECEIVE_RESET: &str = "socklat_tcp_receive_reset";
+    /// Raw tracepoint `tcp_send_reset`.
+    pub const TCP_SEND_RESET: &str = "socklat_tcp_send_reset";
+    /// Raw tracepoint `tcp_retransmit_skb`.
+    pub const TCP_RETRANSMIT_SKB: &str = "socklat_tcp_retransmit_skb";
+    /// Raw tracepoint `page_fault_user` (x86).
+    pub const PAGE_FAULT_USER: &str = "socklat_page_fault_user";
+    /// Raw tracepoint `page_fault_kernel` (x86).
+    pub const PAGE_FAULT_KERNEL: &str = "socklat_page_fault_kernel";
+    /// fentry `handle_mm_fault`.
+    pub const FENTRY_HANDLE_MM_FAULT: &str = "socklat_fentry_handle_mm_fault";
+    /// fexit `handle_mm_fault`.
+    pub const FEXIT_HANDLE_MM_FAULT: &str = "socklat_fexit_handle_mm_fault";
+    /// kprobe `handle_mm_fault`.
+    pub const KPROBE_HANDLE_MM_FAULT: &str = "socklat_kprobe_handle_mm_fault";
+    /// kretprobe `handle_mm_fault`.
+    pub const KRETPROBE_HANDLE_MM_FAULT: &str = "socklat_kretprobe_handle_mm_fault";
+}
