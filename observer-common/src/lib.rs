@@ -169,7 +169,7 @@ mod tests {
                     ..closing(ESTABLISHED)
                 },
                 Outcome::Timeout,
-                Hold::Sync,
+                Hold::None,
             ),
             (
                 Closing {
