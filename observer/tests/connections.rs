@@ -489,3 +489,160 @@ fn established_timeout_and_retransmits() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Connect failures, each `SOCKLAT_TEST_COUNT` times (in the client namespace of
+/// [`common::RouterNetns`]): `host` and `net` connect to a destination the router answers
+/// with ICMP host / net unreachable; `abandoned` starts a non-blocking connect to a silent
+/// destination and closes the socket 300 ms later; `exhaust` (once) takes the two local
+/// ports the namespace's range allows with two connections to a listener of its own, then
+/// a third connect fails with EADDRNOTAVAIL before any SYN is sent, then all close.
+#[test]
+#[ignore = "worker role, run by the privileged tests"]
+fn role_connect_failure() {
+    if role().as_deref() != Some("role_connect_failure") {
+        return;
+    }
+    let count: usize = env("SOCKLAT_TEST_COUNT").parse().unwrap();
+    match env("SOCKLAT_TEST_SCENARIO").as_str() {
+        "host" | "net" => {
+            let to = if env("SOCKLAT_TEST_SCENARIO") == "host" {
+                "10.9.9.1:80"
+            } else {
+                "10.9.8.1:80"
+            };
+            for _ in 0..count {
+                let e = TcpStream::connect(to).unwrap_err();
+                let want = if to.starts_with("10.9.9") {
+                    libc::EHOSTUNREACH
+                } else {
+                    libc::ENETUNREACH
+                };
+                assert_eq!(e.raw_os_error(), Some(want), "{to}: {e}");
+            }
+        }
+        "abandoned" => {
+            for _ in 0..count {
+                // SAFETY: plain socket(2), connect(2) and close(2) on our own descriptor.
+                unsafe {
+                    let fd =
+                        libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+                    assert!(fd >= 0);
+                    let to = libc::sockaddr_in {
+                        sin_family: u16::try_from(libc::AF_INET).unwrap(),
+                        sin_port: 80u16.to_be(),
+                        sin_addr: libc::in_addr {
+                            s_addr: u32::from_ne_bytes([10, 9, 7, 1]),
+                        },
+                        sin_zero: [0; 8],
+                    };
+                    let rc = libc::connect(
+                        fd,
+                        (&raw const to).cast(),
+                        u32::try_from(size_of::<libc::sockaddr_in>()).unwrap(),
+                    );
+                    assert_eq!(rc, -1);
+                    assert_eq!(
+                        std::io::Error::last_os_error().raw_os_error(),
+                        Some(libc::EINPROGRESS)
+                    );
+                    std::thread::sleep(Duration::from_millis(300));
+                    libc::close(fd);
+                }
+            }
+        }
+        "exhaust" => {
+            let l = TcpListener::bind("10.9.0.1:8080").unwrap();
+            let a = TcpStream::connect("10.9.0.1:8080").unwrap();
+            let b = TcpStream::connect("10.9.0.1:8080").unwrap();
+            let (sa, _) = l.accept().unwrap();
+            let (sb, _) = l.accept().unwrap();
+            let e = TcpStream::connect("10.9.0.1:8080").unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+            drop((a, b));
+            std::thread::sleep(Duration::from_millis(50));
+            drop((sa, sb));
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+    println!("@ok");
+}
+
+/// A connect failure scenario: name, connects, the outcomes it must produce.
+type ConnectCase = (&'static str, usize, &'static [(&'static str, f64)]);
+
+/// Issue 14.4: a connect that fails for another reason than a timeout is not called a
+/// timeout. ICMP host and net unreachable are `unreachable`; a pending connect the
+/// application gives up on is `connect_timeout`; a connect that fails locally before any
+/// SYN was sent (no free port) is `error`. Each kind in a cgroup of its own, in a network
+/// namespace of the test's own (host only: the guests have no `ip netns`).
+#[test]
+fn connect_failures_are_classified_by_their_cause() {
+    if role().is_some() {
+        return;
+    }
+    if common::in_vm() {
+        eprintln!("skipped in the kernel-matrix guest: needs ip netns");
+        return;
+    }
+    let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
+    let ns = common::RouterNetns::create();
+    let st = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.client.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_local_port_range=40000 40001",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip_local_port_range");
+    // (scenario, connects, outcomes wanted)
+    let cases: [ConnectCase; 4] = [
+        ("host", 3, &[("unreachable", 3.0)]),
+        ("net", 3, &[("unreachable", 3.0)]),
+        ("abandoned", 3, &[("connect_timeout", 3.0)]),
+        // Two connections and their accepted ends close normally; the third connect fails.
+        ("exhaust", 1, &[("error", 1.0), ("normal", 4.0)]),
+    ];
+    let cgs: Vec<TestCgroup> = cases
+        .iter()
+        .map(|(s, _, _)| TestCgroup::new(&format!("connect-{s}")))
+        .collect();
+    let running: Vec<_> = cases
+        .iter()
+        .zip(&cgs)
+        .map(|((s, n, _), cg)| {
+            run_role_in(
+                cg,
+                Some(ns.client.path()),
+                "role_connect_failure",
+                &[
+                    ("SOCKLAT_TEST_SCENARIO", (*s).to_string()),
+                    ("SOCKLAT_TEST_COUNT", n.to_string()),
+                ],
+            )
+        })
+        .collect();
+    for r in running {
+        assert_eq!(role_output(r), ["ok"]);
+    }
+    let m = daemon.scrape_settled();
+    for ((s, _, want), cg) in cases.iter().zip(&cgs) {
+        let got: Vec<(&str, f64)> = observer_common::Outcome::ALL
+            .iter()
+            .map(|o| {
+                let n = m
+                    .get(
+                        "socklat_tcp_connections_closed_total",
+                        &[("cgroup", cg.label.as_str()), ("outcome", o.name())],
+                    )
+                    .unwrap_or(0.0);
+                (o.name(), n)
+            })
+            .filter(|(_, n)| *n > 0.0)
+            .collect();
+        assert_eq!(&got, want, "{s}");
+    }
+}

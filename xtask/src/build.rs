@@ -172,6 +172,8 @@ pub fn static_binaries() -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
         "connections",
         "--test",
         "accuracy",
+        "--test",
+        "resets",
     ])
     .args(["--no-run", "--message-format", "json"])
     .output()

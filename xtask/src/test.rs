@@ -104,6 +104,8 @@ pub fn all() -> Result<()> {
         "reliability",
         "--test",
         "accuracy",
+        "--test",
+        "resets",
         "--",
         "--test-threads=1",
     ]))?;

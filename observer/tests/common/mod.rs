@@ -9,7 +9,7 @@
 pub mod traffic;
 
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -295,6 +295,135 @@ impl Metrics {
     }
 }
 
+/// A network namespace of the test's own with only loopback up; removed on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn create() -> Self {
+        let name = format!("socklat-ns-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let st = Command::new("ip")
+                .args(&args)
+                .status()
+                .expect("ip (iproute2)");
+            assert!(st.success(), "ip {args:?} failed");
+        }
+        Self { name }
+    }
+
+    /// Path of the namespace file, for setns(2).
+    pub fn path(&self) -> CString {
+        CString::new(format!("/run/netns/{}", self.name)).unwrap()
+    }
+
+    /// A `Tcp:` counter of the namespace's /proc/net/snmp (the kernel's own count).
+    pub fn tcp_stat(&self, field: &str) -> f64 {
+        snmp_tcp(&self.name, field)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two network namespaces of the test's own: a client's (10.9.0.1) and a router's
+/// (10.9.0.2, forwarding), joined by a veth. From the client, 10.9.9.0/24 is reached
+/// through the router, which has an `unreachable` route for it (it answers ICMP host
+/// unreachable); 10.9.8.0/24 too, for which the router has no route (ICMP net
+/// unreachable); 10.9.7.0/24 too, which the router drops silently (`blackhole`). The
+/// router's ICMP is not rate-limited. Removed on drop.
+pub struct RouterNetns {
+    pub client: Netns,
+    /// Kept for its drop.
+    _router: Netns,
+}
+
+impl RouterNetns {
+    pub fn create() -> Self {
+        let client = Netns {
+            name: format!("socklat-cli-{}", std::process::id()),
+        };
+        let router = Netns {
+            name: format!("socklat-rtr-{}", std::process::id()),
+        };
+        let (c, r) = (client.name.as_str(), router.name.as_str());
+        for ns in [c, r] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let steps: [&[&str]; 16] = [
+            &["netns", "add", c],
+            &["netns", "add", r],
+            &[
+                "link", "add", "slrt0", "netns", c, "type", "veth", "peer", "name", "slrt1",
+                "netns", r,
+            ],
+            &["-n", c, "link", "set", "lo", "up"],
+            &["-n", r, "link", "set", "lo", "up"],
+            &["-n", c, "link", "set", "slrt0", "up"],
+            &["-n", r, "link", "set", "slrt1", "up"],
+            &["-n", c, "addr", "add", "10.9.0.1/24", "dev", "slrt0"],
+            &["-n", r, "addr", "add", "10.9.0.2/24", "dev", "slrt1"],
+            &["-n", c, "route", "add", "10.9.9.0/24", "via", "10.9.0.2"],
+            &["-n", c, "route", "add", "10.9.8.0/24", "via", "10.9.0.2"],
+            &["-n", c, "route", "add", "10.9.7.0/24", "via", "10.9.0.2"],
+            &["-n", r, "route", "add", "unreachable", "10.9.9.0/24"],
+            &["-n", r, "route", "add", "blackhole", "10.9.7.0/24"],
+            &["netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            &[
+                "netns",
+                "exec",
+                r,
+                "sysctl",
+                "-qw",
+                "net.ipv4.icmp_ratelimit=0",
+            ],
+        ];
+        for args in steps {
+            let st = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2)");
+            assert!(st.success(), "ip {args:?} failed");
+        }
+        Self {
+            client,
+            _router: router,
+        }
+    }
+}
+
+/// A `Tcp:` counter of /proc/net/snmp in network namespace `ns`.
+fn snmp_tcp(ns: &str, field: &str) -> f64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .expect("ip netns exec cat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == field)
+        .unwrap_or_else(|| panic!("no {field} in /proc/net/snmp"));
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
 /// A network namespace of the test's own whose only route leads to a veth whose peer
 /// answers nothing: connects to 192.0.2.2 there time out. The retry counts are lowered in
 /// that namespace only (`tcp_syn_retries` 1: a connect gives up after about 3 s;
@@ -369,18 +498,13 @@ impl DropNetns {
     /// TCP segments retransmitted in the first namespace (`RetransSegs` of its
     /// /proc/net/snmp), the kernel's own count.
     pub fn retrans_segs(&self) -> u64 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "cat", "/proc/net/snmp"])
-            .output()
-            .expect("ip netns exec cat");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-        let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
-        let i = names
-            .split_whitespace()
-            .position(|n| n == "RetransSegs")
-            .unwrap();
-        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a counter read as f64 from its decimal text"
+        )]
+        let n = snmp_tcp(&self.name, "RetransSegs") as u64;
+        n
     }
 
     /// Path of the namespace file, for setns(2).
@@ -447,6 +571,29 @@ pub fn run_role_in(
         cmd.env(k, v);
     }
     cmd.spawn().expect("spawn role")
+}
+
+/// Reads a role's output until the line `want` (e.g. a server saying it listens).
+///
+/// # Panics
+/// When the role ends first.
+pub fn wait_for_line(child: &mut Child, want: &str) {
+    let out = child.stdout.as_mut().expect("piped stdout");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        // One byte at a time: nothing after the line is taken from the role's output.
+        let n = out.read(&mut byte).expect("role output");
+        assert!(n == 1, "the role ended before it printed {want}");
+        if byte[0] == b'\n' {
+            if line == want.as_bytes() {
+                return;
+            }
+            line.clear();
+        } else {
+            line.push(byte[0]);
+        }
+    }
 }
 
 /// Waits for a role process and returns its `@` lines.
