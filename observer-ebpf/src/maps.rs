@@ -79,9 +79,13 @@ where
     C: aya_ebpf::EbpfContext,
 {
     let cgroup_id = event.cgroup_id;
+    if cfg!(feature = "no-ring") {
+        return;
+    }
     // SAFETY: the daemon only inserts rings and removes them for dead cgroups; a ring that
     // is removed while we hold it stays alive until this program returns (RCU).
-    if let Some(ring) = unsafe { CGROUP_RINGS.get(&cgroup_id) }
+    if !cfg!(feature = "ablate-cgroup-ring")
+        && let Some(ring) = unsafe { CGROUP_RINGS.get(&cgroup_id) }
         && put(ring, event)
     {
         return;
@@ -99,6 +103,10 @@ fn put(ring: &Ring, event: Event) -> bool {
         return false;
     };
     entry.write(event);
+    if cfg!(feature = "ablate-wakeup") {
+        entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+        return true;
+    }
     let ptr = core::ptr::from_ref(ring).cast_mut().cast();
     // SAFETY: `ring` is a ring buffer map; the queries only read its positions and size.
     let (avail, size) = unsafe {

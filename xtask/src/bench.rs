@@ -10,9 +10,10 @@ use crate::build::build_daemon;
 use crate::load::cgroups::{self, cgroup2_root};
 use observer::exposition::Family;
 
+use crate::load::bpfstats;
 use crate::load::measure::{event_counts, median, metric_sum, mib, rss_kib, scrape};
 use crate::load::observers::{DAEMON_ARGS_ENV, Observer, Socklat, ensure_bpftrace, start_bpftrace};
-use crate::load::traffic::{EchoServer, connect_load, fault_load, rr_load};
+use crate::load::traffic::{EchoServer, connect_load, fault_load, pinned_rr_load, rr_load};
 use crate::util::{is_root, root, step};
 
 /// Options of `cargo xtask bench`.
@@ -30,11 +31,12 @@ pub struct Opts {
     /// Extra daemon flags for the socklat runs (e.g. "--ring-size 64K").
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub daemon_args: String,
-    /// Parts to run: throughput, conntrack, connect, faults, pipeline, memory (comma separated).
+    /// Parts to run: kernel-cost, throughput, conntrack, connect, faults, pipeline, memory
+    /// (comma separated).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,conntrack,connect,faults,pipeline,memory"
+        default_value = "kernel-cost,throughput,conntrack,connect,faults,pipeline,memory"
     )]
     pub only: Vec<String>,
 }
@@ -45,13 +47,34 @@ struct Row {
     value: String,
 }
 
-/// Request/response over loopback with no observer, socklat (tracepoint mode) and the
-/// bpftrace script, interleaved; plus the events socklat received and lost meanwhile.
-fn throughput(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
+/// CPU seconds (user + system) a process has used (/proc/PID/stat, in clock ticks of 10 ms).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
+/// One load under no observer, socklat (tracepoint mode) and the bpftrace script,
+/// interleaved round by round: the rates, and for socklat the events it received per
+/// second, lost, and its own CPU seconds per million events.
+fn under_observers(
+    o: &Opts,
+    bin: &Path,
+    name: &str,
+    load: &dyn Fn() -> f64,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
     ensure_bpftrace()?;
     let conds = ["none", "socklat", "bpftrace"];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     let mut event_rate = Vec::new();
+    let mut cpu_per_m = Vec::new();
     let mut lost_total = 0.0;
     for round in 0..o.rounds {
         for (i, c) in conds.iter().enumerate() {
@@ -63,32 +86,38 @@ fn throughput(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
                 _ => Observer::None,
             };
             let before = match &obs {
-                Observer::Socklat(d) => Some(event_counts(&scrape(d.addr()))),
+                Observer::Socklat(d) => {
+                    Some((event_counts(&scrape(d.addr())), cpu_seconds(d.pid())))
+                }
                 _ => None,
             };
-            let r = rr_load(o.connections, o.seconds, 64);
-            if let (Observer::Socklat(d), Some((e0, l0))) = (&obs, before) {
+            let r = load();
+            if let (Observer::Socklat(d), Some(((e0, l0), c0))) = (&obs, before) {
                 let (e1, l1) = event_counts(&scrape(d.addr()));
+                let cpu = cpu_seconds(d.pid()) - c0;
                 #[expect(clippy::cast_precision_loss, reason = "seconds")]
                 event_rate.push((e1 - e0) / o.seconds as f64);
+                if e1 > e0 {
+                    cpu_per_m.push(cpu / (e1 - e0) * 1e6);
+                }
                 lost_total += l1 - l0;
             }
             obs.stop();
-            step(&format!("round {} {c}: {r:.0} requests/s", round + 1));
+            step(&format!("round {} {name}, {c}: {r:.0}/s", round + 1));
             rates[i].push(r);
         }
     }
     let m: Vec<f64> = rates.into_iter().map(median).collect();
     rows.push(Row {
-        name: "loopback request/response, no observer".into(),
-        value: format!("{:.0} req/s", m[0]),
+        name: format!("{name}, no observer"),
+        value: format!("{:.0} round trips/s", m[0]),
     });
     rows.push(Row {
         name: "  with socklat (tracepoint mode) / without".into(),
         value: format!("{:.3}", m[1] / m[0]),
     });
     rows.push(Row {
-        name: "  with bpftrace histogram script / without".into(),
+        name: "  with the bpftrace histogram script / without".into(),
         value: format!("{:.3}", m[2] / m[0]),
     });
     rows.push(Row {
@@ -96,8 +125,185 @@ fn throughput(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
         value: format!("{:.0}", median(event_rate)),
     });
     rows.push(Row {
+        name: "  socklat CPU seconds per million events (median)".into(),
+        value: format!("{:.2}", median(cpu_per_m)),
+    });
+    rows.push(Row {
         name: "  socklat lost events over all socklat runs".into(),
         value: format!("{lost_total:.0}"),
+    });
+    Ok(())
+}
+
+/// The headline: one connection's ping-pong pinned to one CPU (repeatable on these VMs),
+/// then the 4-connection form.
+fn throughput(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
+    let secs = o.seconds;
+    under_observers(
+        o,
+        bin,
+        "pinned ping-pong (1 connection, 64 B, one CPU)",
+        &move || pinned_rr_load(secs),
+        rows,
+    )?;
+    let conns = o.connections;
+    under_observers(
+        o,
+        bin,
+        &format!("request/response ({conns} connections, 64 B)"),
+        &move || rr_load(conns, secs, 64),
+        rows,
+    )
+}
+
+/// The variants of the kernel object the kernel-cost part measures: (name, features).
+const COST_VARIANTS: &[(&str, &[&str])] = &[
+    ("socklat", &[]),
+    ("without the syscall check", &["ablate-syscall-check"]),
+    ("without the socket type check", &["ablate-sk-check"]),
+    ("without the cgroup id", &["ablate-cgroup"]),
+    (
+        "without the per-cgroup ring lookup",
+        &["ablate-cgroup-ring"],
+    ),
+    ("without the wakeup decision", &["ablate-wakeup"]),
+    ("floor", &["floor"]),
+    (
+        "floor without the per-thread store and load",
+        &["floor", "no-start"],
+    ),
+    ("floor without the clock reads", &["floor", "no-clock"]),
+    ("floor without the ring record", &["floor", "no-ring"]),
+];
+
+/// What one pinned run of a variant cost: ns per run of the `sys_enter` hook, of the
+/// `sock_*_length` programs, ns per observed socket call, and the ping-pong rate.
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    enter_ns: f64,
+    length_ns: f64,
+    per_call_ns: f64,
+    rate: f64,
+}
+
+/// Runs the pinned ping-pong once under socklat with `object`; reads the kernel's own
+/// accounting of our programs around it.
+fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
+    let obj = object.to_string_lossy();
+    let daemon = Socklat::start(
+        bin,
+        &[
+            "--probe-mode",
+            "tracepoint",
+            "--signals",
+            "sendmsg,recvmsg",
+            "--ebpf-object",
+            &obj,
+        ],
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = bpfstats::snapshot()?;
+    let rate = pinned_rr_load(o.seconds);
+    let after = bpfstats::snapshot()?;
+    daemon.stop();
+    let spent = bpfstats::between(&before, &after);
+    // Object names are cut to 15 bytes: "socklat_sys_ent", "socklat_raw_soc" (send and
+    // receive together).
+    let get = |prefix: &str| spent.get(prefix).copied().unwrap_or((0, 0));
+    let (enter_t, enter_n) = get("socklat_sys_ent");
+    let (len_t, len_n) = get("socklat_raw_soc");
+    #[expect(clippy::cast_precision_loss, reason = "ns and run counts")]
+    let per = |t: u64, n: u64| {
+        if n == 0 {
+            f64::NAN
+        } else {
+            t as f64 / n as f64
+        }
+    };
+    Ok(Cost {
+        enter_ns: per(enter_t, enter_n),
+        length_ns: per(len_t, len_n),
+        per_call_ns: per(enter_t + len_t, len_n),
+        rate,
+    })
+}
+
+/// The kernel's cost per observed socket call (tracepoint mode), measured with
+/// `kernel.bpf_stats_enabled` under the pinned ping-pong: for socklat, for each variant
+/// without one step of its programs, and for the floor (the least the job needs), side by
+/// side, interleaved round by round; next to the ping-pong rate without any observer.
+fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<String>) -> Result<()> {
+    let objects: Vec<PathBuf> = COST_VARIANTS
+        .iter()
+        .map(|(name, features)| {
+            if features.is_empty() {
+                Ok(crate::build::ebpf_object())
+            } else {
+                crate::build::build_ebpf_variant(&name.replace(' ', "-"), features)
+            }
+        })
+        .collect::<Result<_>>()?;
+    let _stats = bpfstats::StatsEnabled::on()?;
+    let mut none = Vec::new();
+    let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); COST_VARIANTS.len()];
+    for round in 0..o.rounds {
+        none.push(pinned_rr_load(o.seconds));
+        for (i, obj) in objects.iter().enumerate() {
+            let c = cost_run(o, bin, obj)?;
+            step(&format!(
+                "round {} {}: {:.0} ns/call ({:.0} + {:.0} ns/run), {:.0} round trips/s",
+                round + 1,
+                COST_VARIANTS[i].0,
+                c.per_call_ns,
+                c.enter_ns,
+                c.length_ns,
+                c.rate
+            ));
+            costs[i].push(c);
+        }
+    }
+    let base = median(none);
+    let med = |v: &[Cost], f: fn(&Cost) -> f64| median(v.iter().map(f).collect());
+    let mut t = String::from(
+        "| kernel object (tracepoint mode) | sys_enter ns/run | sock_*_length ns/run | ns per observed socket call | pinned ping-pong / none |\n|---|---|---|---|---|\n",
+    );
+    let per_call: Vec<f64> = costs.iter().map(|c| med(c, |c| c.per_call_ns)).collect();
+    for (i, (name, _)) in COST_VARIANTS.iter().enumerate() {
+        let _ = std::fmt::Write::write_fmt(
+            &mut t,
+            format_args!(
+                "| {name} | {:.0} | {:.0} | {:.0} | {:.3} |\n",
+                med(&costs[i], |c| c.enter_ns),
+                med(&costs[i], |c| c.length_ns),
+                per_call[i],
+                med(&costs[i], |c| c.rate) / base
+            ),
+        );
+    }
+    t.push_str("\n| step of socklat's programs | ns per observed call (socklat minus the variant without it) |\n|---|---|\n");
+    for (i, (name, _)) in COST_VARIANTS.iter().enumerate().skip(1).take(5) {
+        let step = name.trim_start_matches("without ");
+        let _ = std::fmt::Write::write_fmt(
+            &mut t,
+            format_args!("| {step} | {:.0} |\n", per_call[0] - per_call[i]),
+        );
+    }
+    let floor = per_call[6];
+    for (i, (name, _)) in COST_VARIANTS.iter().enumerate().skip(7) {
+        let step = name.trim_start_matches("floor without ");
+        let _ = std::fmt::Write::write_fmt(
+            &mut t,
+            format_args!("| {step} (in the floor) | {:.0} |\n", floor - per_call[i]),
+        );
+    }
+    tables.push(t);
+    rows.push(Row {
+        name: "kernel time per observed socket call, socklat (tracepoint mode)".into(),
+        value: format!("{:.0} ns", per_call[0]),
+    });
+    rows.push(Row {
+        name: "  the floor program, same run".into(),
+        value: format!("{floor:.0} ns ({:.2}x)", per_call[0] / floor),
     });
     Ok(())
 }
@@ -245,7 +451,11 @@ pub fn bench(o: &Opts) -> Result<()> {
     // SAFETY: set before any thread of ours starts.
     unsafe { std::env::set_var(DAEMON_ARGS_ENV, &o.daemon_args) };
     let mut rows = Vec::new();
+    let mut tables = Vec::new();
     let want = |p: &str| o.only.iter().any(|x| x == p);
+    if want("kernel-cost") {
+        kernel_cost(o, &bin, &mut rows, &mut tables)?;
+    }
     if want("throughput") {
         throughput(o, &bin, &mut rows)?;
     }
@@ -292,6 +502,9 @@ pub fn bench(o: &Opts) -> Result<()> {
     println!("| measurement | value |\n|---|---|");
     for r in rows {
         println!("| {} | {} |", r.name, r.value);
+    }
+    for t in tables {
+        println!("\n{t}");
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Building the kernel object, the daemon, and the static daemon and test binaries that
 //! the guests and the container image run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -48,6 +48,22 @@ pub fn for_ebpf_crate(cmd: &mut Command, target_dir: PathBuf) -> &mut Command {
 
 /// Builds the kernel object (observer-ebpf) for bpfel-unknown-none.
 pub fn build_ebpf() -> Result<PathBuf> {
+    build_ebpf_in(&root().join("target/ebpf"), &[])?;
+    let obj = ebpf_object();
+    step(&format!("kernel object: {}", obj.display()));
+    Ok(obj)
+}
+
+/// Builds a variant of the kernel object with the crate's `features` (the benchmarks'
+/// ablations) into a target directory of its own; returns the object's path.
+pub fn build_ebpf_variant(name: &str, features: &[&str]) -> Result<PathBuf> {
+    let dir = root().join("target/ebpf-variants").join(name);
+    build_ebpf_in(&dir, features)?;
+    Ok(dir.join("bpfel-unknown-none/release/observer"))
+}
+
+/// Builds the kernel object with `features` into `target_dir`.
+fn build_ebpf_in(target_dir: &Path, features: &[&str]) -> Result<()> {
     let tc = toolchain::ebpf_toolchain()?;
     toolchain::ensure_bpf_linker(&tc)?;
     let mut cmd;
@@ -76,7 +92,7 @@ pub fn build_ebpf() -> Result<PathBuf> {
     }
     cmd.env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker");
-    for_ebpf_crate(&mut cmd, root().join("target/ebpf")).env(
+    for_ebpf_crate(&mut cmd, target_dir.to_path_buf()).env(
         "CARGO_ENCODED_RUSTFLAGS",
         [
             format!("--cfg=bpf_target_arch=\"{BPF_TARGET_ARCH}\""),
@@ -86,10 +102,10 @@ pub fn build_ebpf() -> Result<PathBuf> {
         ]
         .join("\x1f"),
     );
-    run(&mut cmd)?;
-    let obj = ebpf_object();
-    step(&format!("kernel object: {}", obj.display()));
-    Ok(obj)
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
+    run(&mut cmd)
 }
 
 /// The target directory of userspace builds with the `ebpf` feature: a separate one when

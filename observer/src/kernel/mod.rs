@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod caps;
+pub mod prog_info;
 pub mod programs;
 pub mod tracefs;
 
@@ -11,5 +12,3 @@ pub mod tracefs;
 pub mod attach;
 #[cfg(feature = "ebpf")]
 pub mod load;
-#[cfg(feature = "ebpf")]
-pub mod prog_info;

@@ -1,11 +1,12 @@
 //! The raw libc calls of the loads, behind safe wrappers: the anonymous mapping the fault
-//! load touches, and the write that moves a forked client into its cgroup.
+//! load touches, the write that moves a forked client into its cgroup, and CPU pinning.
 
 use std::ffi::{CStr, c_char};
 
 // Minimal bindings (xtask keeps to std + anyhow + clap).
 // SAFETY: these are the C library's declarations of mmap(2), munmap(2), madvise(2),
-// open(2), write(2) and close(2) on 64-bit Linux (`off_t` is i64, `ssize_t` is isize).
+// open(2), write(2), close(2) and sched_setaffinity(2) on 64-bit Linux (`off_t` is i64,
+// `ssize_t` is isize, `pid_t` is i32; the CPU set is passed as its size and bytes).
 unsafe extern "C" {
     fn mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> *mut u8;
     fn munmap(addr: *mut u8, len: usize) -> i32;
@@ -13,6 +14,21 @@ unsafe extern "C" {
     fn open(path: *const c_char, flags: i32, ...) -> i32;
     fn write(fd: i32, buf: *const u8, len: usize) -> isize;
     fn close(fd: i32) -> i32;
+    fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
+}
+
+/// Pins the calling thread to CPU 0 (the pinned loads: on these VMs cross-CPU wakeups are
+/// slow and erratic, a one-CPU ping-pong repeats within about 1%).
+pub fn pin_to_cpu0() {
+    let mask: u64 = 1;
+    // SAFETY: pid 0 is the calling thread; `mask` is a valid 8-byte CPU set.
+    let rc = unsafe { sched_setaffinity(0, 8, &raw const mask) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A private anonymous mapping without huge pages (so that every 4 KiB page touched is a

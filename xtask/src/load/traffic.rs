@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::sys::Mapping;
+use super::sys::{Mapping, pin_to_cpu0};
 
 /// An echo server on loopback: answers every `len`-byte message with the same bytes, one
 /// thread per connection.
@@ -103,6 +103,43 @@ pub fn rr_load(conns: usize, secs: u64, len: usize) -> f64 {
         }
         n
     })
+}
+
+/// One connection's 64-byte ping-pong for `secs`, client and server threads both pinned to
+/// CPU 0; returns round trips per second.
+pub fn pinned_rr_load(secs: u64) -> f64 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = l.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        pin_to_cpu0();
+        let (mut c, _) = l.accept().expect("accept");
+        let _ = c.set_nodelay(true);
+        let mut buf = [0u8; 64];
+        while c.read_exact(&mut buf).is_ok() {
+            if c.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let client = std::thread::spawn(move || {
+        pin_to_cpu0();
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        let mut buf = [1u8; 64];
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            s.write_all(&buf).expect("send");
+            s.read_exact(&mut buf).expect("recv");
+            n += 1;
+        }
+        n
+    });
+    let n = client.join().expect("client thread");
+    let _ = server.join();
+    #[expect(clippy::cast_precision_loss, reason = "round trip counts")]
+    let rate = n as f64 / secs as f64;
+    rate
 }
 
 /// A new connection per request (connect, one exchange, close), for `secs`.
