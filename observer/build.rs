@@ -1,19 +1,18 @@
-//! Embeds the kernel object when the `ebpf` feature is on. The object is built by
-//! `cargo xtask build-ebpf`; `SOCKLAT_EMBED_OBJECT` names it (xtask sets it), or the default
-//! output path of that command is used.
+//! Embeds the kernel objects when the `ebpf` feature is on. They are built by
+//! `cargo xtask build-ebpf`; `SOCKLAT_EMBED_OBJECT` and `SOCKLAT_EMBED_OBJECT_TASK_STORAGE`
+//! name them (xtask sets them), or the default output paths of that command are used.
 
 use std::path::PathBuf;
 
-fn main() {
-    println!("cargo::rerun-if-env-changed=SOCKLAT_EMBED_OBJECT");
-    if std::env::var_os("CARGO_FEATURE_EBPF").is_none() {
-        return;
-    }
-    let path = std::env::var_os("SOCKLAT_EMBED_OBJECT").map_or_else(
+/// Embeds the object named by `var` (default: `default` under the workspace's target
+/// directory) as `rustc-env` `out`.
+fn embed(var: &str, default: &str, out: &str) {
+    println!("cargo::rerun-if-env-changed={var}");
+    let path = std::env::var_os(var).map_or_else(
         || {
             let manifest =
                 PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-            manifest.join("../target/ebpf/bpfel-unknown-none/release/observer")
+            manifest.join("../target").join(default)
         },
         PathBuf::from,
     );
@@ -25,8 +24,23 @@ fn main() {
         return;
     }
     println!("cargo::rerun-if-changed={}", path.display());
-    println!(
-        "cargo::rustc-env=SOCKLAT_EMBEDDED_OBJECT_PATH={}",
-        path.display()
+    println!("cargo::rustc-env={out}={}", path.display());
+}
+
+fn main() {
+    if std::env::var_os("CARGO_FEATURE_EBPF").is_none() {
+        return;
+    }
+    // The object with per-thread state in an LRU hash (every kernel), and the one with
+    // task-local storage (Linux >= 5.11), built by `cargo xtask build-ebpf`.
+    embed(
+        "SOCKLAT_EMBED_OBJECT",
+        "ebpf/bpfel-unknown-none/release/observer",
+        "SOCKLAT_EMBEDDED_OBJECT_PATH",
+    );
+    embed(
+        "SOCKLAT_EMBED_OBJECT_TASK_STORAGE",
+        "ebpf-task-storage/bpfel-unknown-none/release/observer",
+        "SOCKLAT_EMBEDDED_TASK_STORAGE_OBJECT_PATH",
     );
 }

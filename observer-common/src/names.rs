@@ -16,6 +16,12 @@ pub const CONN_UNTRACKED: &str = "CONN_UNTRACKED";
 pub const FAULT_CACHE: &str = "FAULT_CACHE";
 /// Per-CPU hash: cgroup id -> retransmitted segments.
 pub const RETRANSMITS: &str = "RETRANSMITS";
+/// Per thread (task storage or LRU hash): the in-flight send/recv-family syscall.
+pub const SYSCALL_START: &str = "SYSCALL_START";
+/// Per thread: the in-flight `tcp_sendmsg` / `tcp_recvmsg` call (fentry, kprobe modes).
+pub const CALL_START: &str = "CALL_START";
+/// Per thread: the in-flight page fault handler call (fentry, kprobe modes).
+pub const FAULT_START: &str = "FAULT_START";
 
 /// Global: 1 when the sendmsg signal is enabled.
 pub const ENABLE_SEND: &str = "ENABLE_SEND";
@@ -63,15 +69,19 @@ pub const OFF_SKC_NET: &str = "OFF_SKC_NET";
 pub const OFF_NET_INUM: &str = "OFF_NET_INUM";
 /// Global: offset of `sk_buff.data`.
 pub const OFF_SKB_DATA: &str = "OFF_SKB_DATA";
+/// Global: offset of `task_struct.cgroups` (task-storage object only; 0: use the helper).
+pub const OFF_TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";
+/// Global: offset of `css_set.dfl_cgrp` (task-storage object only).
+pub const OFF_CSS_DFL_CGRP: &str = "OFF_CSS_DFL_CGRP";
 
 /// Program names (the functions of `observer-ebpf`).
 pub mod programs {
     /// Raw `sys_enter`: entry of the send/recv-family syscalls (tracepoint mode).
     pub const SYS_ENTER: &str = "socklat_sys_enter";
-    /// Raw tracepoint `sock_send_length` (tracepoint mode, BTF offsets).
-    pub const RAW_SOCK_SEND_LENGTH: &str = "socklat_raw_sock_send_length";
-    /// Raw tracepoint `sock_recv_length` (tracepoint mode, BTF offsets).
-    pub const RAW_SOCK_RECV_LENGTH: &str = "socklat_raw_sock_recv_length";
+    /// BTF-typed tracepoint `sock_send_length` (tracepoint mode, with BTF).
+    pub const BTF_SOCK_SEND_LENGTH: &str = "socklat_btf_sock_send_length";
+    /// BTF-typed tracepoint `sock_recv_length` (tracepoint mode, with BTF).
+    pub const BTF_SOCK_RECV_LENGTH: &str = "socklat_btf_sock_recv_length";
     /// Classic tracepoint `sock:sock_send_length` (tracepoint mode without BTF).
     pub const SOCK_SEND_LENGTH: &str = "socklat_sock_send_length";
     /// Classic tracepoint `sock:sock_recv_length` (tracepoint mode without BTF).

@@ -2,13 +2,15 @@
 //! fentry/kprobe modes the duration of `handle_mm_fault` with major/minor.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{fentry, fexit, kprobe, kretprobe, raw_tracepoint},
     programs::{FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use observer_common::{CallStart, Event, EventKind, FAULT_KERNEL, FAULT_MAJOR, FaultCounts};
 
-use crate::maps::{CALL_START, FAULT_CACHE, bump_faults, current_cgroup, emit};
+use crate::current::Current;
+use crate::maps::{FAULT_CACHE, FAULT_START, bump_faults, emit};
+use crate::per_thread;
 
 /// `VM_FAULT_MAJOR` (`include/linux/mm_types.h`, `enum vm_fault_reason`; the same values
 /// from 5.10 on).
@@ -26,7 +28,7 @@ const FAULT_FLAG_USER: u32 = 1 << 6;
 /// `kernel.bpf_stats_enabled`: 126 ns per fault with a hash lookup per fault.
 #[inline(always)]
 fn count_fault(kernel: bool) {
-    let cgroup_id = current_cgroup();
+    let cgroup_id = Current::get().cgroup();
     let one = FaultCounts {
         user: u64::from(!kernel),
         kernel: u64::from(kernel),
@@ -75,51 +77,51 @@ const START_RETRYING: i64 = 2;
 /// `handle_mm_fault(vma, address, flags, regs)` entered.
 #[inline(always)]
 fn fault_entry(address: u64, flags: u32) {
-    // Key faults apart from socket calls of the same thread with the top bit.
-    let key = bpf_get_current_pid_tgid() | (1 << 63);
-    if let Some(start) = CALL_START.get_ptr_mut(&key) {
-        // SAFETY: a value of our own map; only this thread writes its own entry.
-        let start = unsafe { &mut *start };
-        if start.nr & START_RETRYING != 0 && start.sk == address {
+    // SAFETY: a helper without arguments.
+    let ts = unsafe { bpf_ktime_get_ns() };
+    let user = if flags & FAULT_FLAG_USER != 0 {
+        START_USER
+    } else {
+        0
+    };
+    per_thread::store(&FAULT_START, &Current::get(), |start| {
+        if start.ts != 0 && start.nr & START_RETRYING != 0 && start.sk == address {
             // The same fault, retried (the per-VMA lock's fallback to mmap_lock since 6.4,
             // or after waiting for I/O): one fault, timed from its first entry.
             return;
         }
-    }
-    let start = CallStart {
-        // SAFETY: a helper without arguments.
-        ts: unsafe { bpf_ktime_get_ns() },
-        sk: address,
-        nr: if flags & FAULT_FLAG_USER != 0 {
-            START_USER
-        } else {
-            0
-        },
-    };
-    let _ = CALL_START.insert(&key, &start, 0);
+        *start = CallStart {
+            ts,
+            sk: address,
+            nr: user,
+        };
+    });
 }
 
 /// `handle_mm_fault` returned `ret` (a `vm_fault_t`).
 #[inline(always)]
 fn fault_exit(ctx: &impl aya_ebpf::EbpfContext, ret: u32) {
-    let key = bpf_get_current_pid_tgid() | (1 << 63);
-    let Some(start) = CALL_START.get_ptr_mut(&key) else {
+    let cur = Current::get();
+    let Some(start) = per_thread::get(&FAULT_START, &cur) else {
         return;
     };
     // SAFETY: a value of our own map; only this thread writes its own entry.
     let start = unsafe { &mut *start };
+    if start.ts == 0 {
+        return;
+    }
     if ret & VM_FAULT_RETRY != 0 && ret & VM_FAULT_COMPLETED == 0 {
         // Not done: the architecture's fault handler calls handle_mm_fault again for this
         // address (or gives up on a fatal signal, as the kernel's own fault counters do).
         start.nr |= START_RETRYING;
         return;
     }
-    let start = *start;
-    let _ = CALL_START.remove(&key);
+    // Used: the entry stays for the thread's next fault (updated in place).
+    let start = core::mem::take(start);
     // SAFETY: a helper without arguments.
     let duration = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts);
     let major = ret & VM_FAULT_MAJOR != 0;
-    let cgroup_id = current_cgroup();
+    let cgroup_id = cur.cgroup();
     bump_faults(
         cgroup_id,
         FaultCounts {

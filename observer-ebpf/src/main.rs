@@ -12,8 +12,10 @@
 #![allow(clippy::inline_always, clippy::needless_pass_by_value)]
 
 mod conn;
+mod current;
 mod faults;
 mod maps;
+mod per_thread;
 mod sock;
 mod tcp;
 

@@ -94,6 +94,39 @@ pub fn cgroup(sk: u64) -> u64 {
     read::<u64>(kn, OFF_KN_ID.load()).unwrap_or(ROOT_CGROUP)
 }
 
+/// `cgroup.kn` and `kernfs_node.id` (0 and 0 when unknown).
+#[cfg(feature = "task-storage")]
+#[inline(always)]
+pub fn cgroup_kn_offsets() -> (u64, u64) {
+    (OFF_CGROUP_KN.load(), OFF_KN_ID.load())
+}
+
+/// Whether the BTF-typed socket `sk` is a TCP stream socket of IPv4 or IPv6: direct loads
+/// of its u16 members (the offsets are read-only globals, constants to the verifier, which
+/// checks each load against `struct sock` and makes it fault-safe), no helper call.
+#[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    clippy::cast_possible_truncation,
+    reason = "the members are u16s at their BTF offsets, offsets inside a struct"
+)]
+pub fn is_tcp_btf(sk: *const u8) -> bool {
+    let off = OFF_SK_TYPE_PROTOCOL.load() as usize;
+    // SAFETY: `sk` is a BTF pointer to a `struct sock`; each load is of one u16 member at
+    // its BTF offset (volatile: one load per member, which the verifier requires).
+    let (family, first, second) = unsafe {
+        (
+            sk.add(OFF_SK_FAMILY.load() as usize)
+                .cast::<u16>()
+                .read_volatile(),
+            sk.add(off).cast::<u16>().read_volatile(),
+            sk.add(off + 2).cast::<u16>().read_volatile(),
+        )
+    };
+    (family == AF_INET || family == AF_INET6)
+        && (u32::from(first) | (u32::from(second) << 16)) == SK_TCP_STREAM.load()
+}
+
 /// Whether `sk` is a TCP stream socket of IPv4 or IPv6 (a raw socket of protocol TCP is
 /// not: its type is `SOCK_RAW`).
 #[inline(always)]

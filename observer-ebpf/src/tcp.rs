@@ -9,21 +9,19 @@
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::pt_regs,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_task_pt_regs,
-    },
-    macros::{fentry, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
     programs::{
-        FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
-        TracePointContext,
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
+        RetProbeContext, TracePointContext,
     },
 };
 use observer_common::{CALL_UNTIMED, CallResult, CallStart, Event, EventKind};
 
 use crate::conn;
-use crate::maps::{CALL_START, SYSCALL_START, current_cgroup, emit};
+use crate::current::Current;
+use crate::maps::{CALL_START, SYSCALL_START, emit};
+use crate::per_thread;
 use crate::sock::{self, AF_INET, AF_INET6, IPPROTO_TCP};
 
 /// 1 when the sendmsg signal is enabled (set by the daemon).
@@ -83,29 +81,6 @@ fn multi_message(id: i64) -> bool {
     id == nr::RECVMMSG || id == nr::SENDMMSG
 }
 
-/// `-ENOSYS`: what a thread's saved `ax` holds while it is in a syscall (the entry code
-/// sets it; the return value replaces it at the syscall's exit).
-const ENOSYS: u64 = (-38i64).cast_unsigned();
-
-/// The syscall the current thread is in now (`orig_ax` of its saved registers), or -1 when
-/// it is in none: outside a syscall, or in the work that runs after one returned (`io_uring`
-/// task work at the exit of a syscall sees that syscall's `orig_ax`, but `ax` then holds
-/// its return value).
-#[inline(always)]
-fn current_syscall() -> i64 {
-    // SAFETY: helpers without preconditions in tracing programs; the registers are read
-    // with bpf_probe_read_kernel, which copes with any address.
-    unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
-        let ax = bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rax));
-        let nr = bpf_probe_read_kernel(core::ptr::addr_of!((*regs).orig_rax));
-        match (ax, nr) {
-            (Ok(ENOSYS), Ok(nr)) => nr.cast_signed(),
-            _ => -1,
-        }
-    }
-}
-
 // Record layout of sock:sock_send_length / sock_recv_length (checked by the daemon
 // against the tracefs format file before attaching).
 const TP_SK: usize = 8;
@@ -123,14 +98,14 @@ fn now() -> u64 {
 }
 
 #[inline(always)]
-fn send_event(ctx: &impl EbpfContext, kind: EventKind, duration: u64, ret: i32) {
+fn send_event(ctx: &impl EbpfContext, cur: &Current, kind: EventKind, duration: u64, ret: i32) {
     emit(
         ctx,
         Event {
             cgroup_id: if cfg!(feature = "ablate-cgroup") {
                 0
             } else {
-                current_cgroup()
+                cur.cgroup()
             },
             value: duration,
             kind: kind as u32,
@@ -150,18 +125,10 @@ pub fn socklat_sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let ts = now();
-    let key = bpf_get_current_pid_tgid();
-    // Update in place when the thread has an entry: an LRU map update would allocate a new
-    // element and unlink the old one, several times the cost of a lookup.
-    if let Some(start) = SYSCALL_START.get_ptr_mut(&key) {
-        // SAFETY: a value of our own map; only this thread writes its own entry.
-        unsafe {
-            (*start).ts = ts;
-            (*start).nr = id;
-        }
-    } else {
-        let _ = SYSCALL_START.insert(&key, &CallStart { ts, sk: 0, nr: id }, 0);
-    }
+    per_thread::store(&SYSCALL_START, &Current::get(), |s| {
+        s.ts = ts;
+        s.nr = id;
+    });
     0
 }
 
@@ -194,6 +161,18 @@ fn sock_length(ctx: &TracePointContext, kind: EventKind) {
     socket_call_returned(ctx, kind, sk, ret);
 }
 
+/// The same from the BTF-typed tracepoint (`struct sock *sk`, `int ret` as arguments): no
+/// record is built for us, and the socket's family, type and protocol are direct loads.
+/// Used where the daemon found the socket offsets and the tracepoint in BTF.
+#[inline(always)]
+fn btf_sock_length(ctx: &BtfTracePointContext, kind: EventKind) {
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    if cfg!(feature = "ablate-sk-check") || sock::is_tcp_btf(sk) {
+        socket_call_returned(ctx, kind, sk as u64, ret);
+    }
+}
+
 /// A TCP socket call of the current thread returned `ret`: times it from the entry of its
 /// syscall (recorded by `socklat_sys_enter`) if that is the syscall the thread is in now,
 /// else counts it untimed; marks the connection of a failed call.
@@ -202,18 +181,18 @@ fn socket_call_returned(ctx: &impl EbpfContext, kind: EventKind, sk: u64, ret: i
     if CallResult::marks_connection(ret) {
         conn::call_error(sk);
     }
+    let cur = Current::get();
     if cfg!(feature = "no-start") {
-        send_event(ctx, kind, 0, ret);
+        send_event(ctx, &cur, kind, 0, ret);
         return;
     }
-    let start = SYSCALL_START.get_ptr_mut(&bpf_get_current_pid_tgid());
     // SAFETY: a value of our own map; only this thread writes its own entry.
-    let start = start.map(|s| unsafe { &mut *s });
+    let start = per_thread::get(&SYSCALL_START, &cur).map(|s| unsafe { &mut *s });
     let in_syscall = |s: &&mut CallStart| {
-        s.ts != 0 && (cfg!(feature = "ablate-syscall-check") || s.nr == current_syscall())
+        s.ts != 0 && (cfg!(feature = "ablate-syscall-check") || s.nr == cur.syscall())
     };
     let Some(start) = start.filter(in_syscall) else {
-        send_event(ctx, kind, 0, CALL_UNTIMED);
+        send_event(ctx, &cur, kind, 0, CALL_UNTIMED);
         return;
     };
     let t = now();
@@ -222,37 +201,21 @@ fn socket_call_returned(ctx: &impl EbpfContext, kind: EventKind, sk: u64, ret: i
     // any other has one socket call, and a second one in the same syscall (io_uring task
     // work run at its exit) is not timed from its entry.
     start.ts = if multi_message(start.nr) { t } else { 0 };
-    send_event(ctx, kind, duration, ret);
+    send_event(ctx, &cur, kind, duration, ret);
 }
 
-/// The same from the raw tracepoint (`sk`, `ret` as arguments): no record is built for
-/// us, so it costs less than the classic one; family and protocol come from the socket at
-/// BTF offsets. Used where the daemon found those offsets and the tracepoint in BTF.
-#[inline(always)]
-fn raw_sock_length(ctx: &RawTracePointContext, kind: EventKind) {
-    let sk: u64 = ctx.arg(0);
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the int argument, sign-extended"
-    )]
-    let ret = ctx.arg::<u64>(1) as i32;
-    if cfg!(feature = "ablate-sk-check") || sock::is_tcp(sk) {
-        socket_call_returned(ctx, kind, sk, ret);
-    }
-}
-
-#[raw_tracepoint(tracepoint = "sock_send_length")]
-pub fn socklat_raw_sock_send_length(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn socklat_btf_sock_send_length(ctx: BtfTracePointContext) -> i32 {
     if ENABLE_SEND.load() != 0 {
-        raw_sock_length(&ctx, EventKind::SendMsg);
+        btf_sock_length(&ctx, EventKind::SendMsg);
     }
     0
 }
 
-#[raw_tracepoint(tracepoint = "sock_recv_length")]
-pub fn socklat_raw_sock_recv_length(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn socklat_btf_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     if ENABLE_RECV.load() != 0 {
-        raw_sock_length(&ctx, EventKind::RecvMsg);
+        btf_sock_length(&ctx, EventKind::RecvMsg);
     }
     0
 }
@@ -277,15 +240,11 @@ pub fn socklat_sock_recv_length(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn call_entry(sk: u64) {
-    let _ = CALL_START.insert(
-        &bpf_get_current_pid_tgid(),
-        &CallStart {
-            ts: now(),
-            sk,
-            nr: 0,
-        },
-        0,
-    );
+    let ts = now();
+    per_thread::store(&CALL_START, &Current::get(), |s| {
+        s.ts = ts;
+        s.sk = sk;
+    });
 }
 
 /// A `tcp_sendmsg`/`tcp_recvmsg` call returned `ret`: times it from its entry, or counts it
@@ -293,17 +252,22 @@ fn call_entry(sk: u64) {
 /// the probes were attached).
 #[inline(always)]
 fn call_exit(ctx: &impl EbpfContext, kind: EventKind, ret: i32) {
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: a value of our own map, copied out at once.
-    let Some(start) = (unsafe { CALL_START.get(&key) }).copied() else {
-        send_event(ctx, kind, 0, CALL_UNTIMED);
+    let cur = Current::get();
+    // SAFETY: a value of our own map; only this thread writes its own entry.
+    let Some(start) = per_thread::get(&CALL_START, &cur).map(|s| unsafe { &mut *s }) else {
+        send_event(ctx, &cur, kind, 0, CALL_UNTIMED);
         return;
     };
-    let _ = CALL_START.remove(&key);
+    if start.ts == 0 {
+        send_event(ctx, &cur, kind, 0, CALL_UNTIMED);
+        return;
+    }
+    // Used: the entry stays for the thread's next call (updated in place).
+    let start = core::mem::take(start);
     if CallResult::marks_connection(ret) {
         conn::call_error(start.sk);
     }
-    send_event(ctx, kind, now().saturating_sub(start.ts), ret);
+    send_event(ctx, &cur, kind, now().saturating_sub(start.ts), ret);
 }
 
 #[fentry(function = "tcp_sendmsg")]

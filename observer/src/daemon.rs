@@ -81,14 +81,15 @@ fn resolver(cli: &Cli, cgroup_root: std::path::PathBuf) -> Result<Resolver, Erro
 }
 
 /// What `--check` prints: the mode chosen per signal and why the better ones were not.
-fn print_check(cli: &Cli, cgroup_root: &std::path::Path, choices: &[Choice]) {
+fn print_check(cli: &Cli, cgroup_root: &std::path::Path, loaded: &load::Loaded) {
     println!(
         "socklat {} --check (probe mode {})",
         env!("CARGO_PKG_VERSION"),
         cli.probe_mode.name()
     );
     println!("cgroup v2 at {}", cgroup_root.display());
-    for c in choices {
+    println!("kernel object: {}", loaded.form.describe());
+    for c in &loaded.choices {
         for line in c.describe().lines() {
             println!("  {line}");
         }
@@ -126,7 +127,7 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
         .collect();
 
     if cli.check {
-        print_check(cli, &cgroup_root, &loaded.choices);
+        print_check(cli, &cgroup_root, &loaded);
         return Ok(i32::from(!missing.is_empty()));
     }
     if loaded.choices.iter().all(|c| c.mode.is_none())

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use observer_common::names::programs;
 
 use crate::build::build_daemon;
 use crate::load::cgroups::{self, cgroup2_root};
@@ -39,6 +40,10 @@ pub struct Opts {
         default_value = "kernel-cost,throughput,conntrack,connect,faults,pipeline,memory"
     )]
     pub only: Vec<String>,
+    /// Kernel-cost variants to run besides socklat's own object: those whose name contains
+    /// one of these (comma separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Vec<String>,
 }
 
 /// One line of the report table.
@@ -156,24 +161,67 @@ fn throughput(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
     )
 }
 
-/// The variants of the kernel object the kernel-cost part measures: (name, features).
-const COST_VARIANTS: &[(&str, &[&str])] = &[
-    ("socklat", &[]),
-    ("without the syscall check", &["ablate-syscall-check"]),
-    ("without the socket type check", &["ablate-sk-check"]),
-    ("without the cgroup id", &["ablate-cgroup"]),
+/// What a variant of the kernel object stands for in the kernel-cost tables.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The object socklat loads (task-local storage).
+    Shipped,
+    /// The object it falls back to (LRU hash), the shipped one's per-thread form replaced.
+    Fallback,
+    /// The shipped object without one step: the step's cost is the difference.
+    Step,
+    /// The floor: two hooks, one clock read each, a per-thread store and load, one record.
+    Floor,
+    /// The floor without one of its parts.
+    FloorStep,
+}
+
+/// The variants of the kernel object the kernel-cost part measures: (name, features of
+/// observer-ebpf besides `task-storage`, part). The first is the shipped object.
+const COST_VARIANTS: &[(&str, &[&str], Part)] = &[
+    ("socklat", &[], Part::Shipped),
+    (
+        "socklat, per-thread state in an LRU hash (Linux 5.10)",
+        &[],
+        Part::Fallback,
+    ),
+    (
+        "without the syscall check",
+        &["ablate-syscall-check"],
+        Part::Step,
+    ),
+    (
+        "without the socket type check",
+        &["ablate-sk-check"],
+        Part::Step,
+    ),
+    ("without the cgroup id", &["ablate-cgroup"], Part::Step),
     (
         "without the per-cgroup ring lookup",
         &["ablate-cgroup-ring"],
+        Part::Step,
     ),
-    ("without the wakeup decision", &["ablate-wakeup"]),
-    ("floor", &["floor"]),
+    (
+        "without the wakeup decision",
+        &["ablate-wakeup"],
+        Part::Step,
+    ),
+    ("floor", &["floor"], Part::Floor),
     (
         "floor without the per-thread store and load",
         &["floor", "no-start"],
+        Part::FloorStep,
     ),
-    ("floor without the clock reads", &["floor", "no-clock"]),
-    ("floor without the ring record", &["floor", "no-ring"]),
+    (
+        "floor without the clock reads",
+        &["floor", "no-clock"],
+        Part::FloorStep,
+    ),
+    (
+        "floor without the ring record",
+        &["floor", "no-ring"],
+        Part::FloorStep,
+    ),
 ];
 
 /// What one pinned run of a variant cost: ns per run of the `sys_enter` hook, of the
@@ -207,11 +255,11 @@ fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
     let after = bpfstats::snapshot()?;
     daemon.stop();
     let spent = bpfstats::between(&before, &after);
-    // Object names are cut to 15 bytes: "socklat_sys_ent", "socklat_raw_soc" (send and
-    // receive together).
-    let get = |prefix: &str| spent.get(prefix).copied().unwrap_or((0, 0));
-    let (enter_t, enter_n) = get("socklat_sys_ent");
-    let (len_t, len_n) = get("socklat_raw_soc");
+    // The kernel keeps 15 bytes of a program's name: "socklat_sys_ent", "socklat_btf_soc"
+    // (send and receive together).
+    let get = |name: &str| spent.get(&name[..15]).copied().unwrap_or((0, 0));
+    let (enter_t, enter_n) = get(programs::SYS_ENTER);
+    let (len_t, len_n) = get(programs::BTF_SOCK_SEND_LENGTH);
     #[expect(clippy::cast_precision_loss, reason = "ns and run counts")]
     let per = |t: u64, n: u64| {
         if n == 0 {
@@ -233,19 +281,29 @@ fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
 /// without one step of its programs, and for the floor (the least the job needs), side by
 /// side, interleaved round by round; next to the ping-pong rate without any observer.
 fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<String>) -> Result<()> {
-    let objects: Vec<PathBuf> = COST_VARIANTS
+    let variants: Vec<&(&str, &[&str], Part)> = COST_VARIANTS
         .iter()
-        .map(|(name, features)| {
-            if features.is_empty() {
-                Ok(crate::build::ebpf_object())
-            } else {
-                crate::build::build_ebpf_variant(&name.replace(' ', "-"), features)
+        .filter(|(name, _, part)| {
+            *part == Part::Shipped
+                || o.variants.is_empty()
+                || o.variants.iter().any(|v| name.contains(v.as_str()))
+        })
+        .collect();
+    let objects: Vec<PathBuf> = variants
+        .iter()
+        .map(|(name, features, part)| match part {
+            Part::Shipped => Ok(crate::build::ebpf_task_storage_object()),
+            Part::Fallback => Ok(crate::build::ebpf_object()),
+            _ => {
+                let mut f = features.to_vec();
+                f.push("task-storage");
+                crate::build::build_ebpf_variant(&name.replace(' ', "-"), &f)
             }
         })
         .collect::<Result<_>>()?;
     let _stats = bpfstats::StatsEnabled::on()?;
     let mut none = Vec::new();
-    let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); COST_VARIANTS.len()];
+    let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); variants.len()];
     for round in 0..o.rounds {
         none.push(pinned_rr_load(o.seconds));
         for (i, obj) in objects.iter().enumerate() {
@@ -253,7 +311,7 @@ fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<Strin
             step(&format!(
                 "round {} {}: {:.0} ns/call ({:.0} + {:.0} ns/run), {:.0} round trips/s",
                 round + 1,
-                COST_VARIANTS[i].0,
+                variants[i].0,
                 c.per_call_ns,
                 c.enter_ns,
                 c.length_ns,
@@ -268,7 +326,7 @@ fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<Strin
         "| kernel object (tracepoint mode) | sys_enter ns/run | sock_*_length ns/run | ns per observed socket call | pinned ping-pong / none |\n|---|---|---|---|---|\n",
     );
     let per_call: Vec<f64> = costs.iter().map(|c| med(c, |c| c.per_call_ns)).collect();
-    for (i, (name, _)) in COST_VARIANTS.iter().enumerate() {
+    for (i, (name, ..)) in variants.iter().enumerate() {
         let _ = std::fmt::Write::write_fmt(
             &mut t,
             format_args!(
@@ -281,15 +339,25 @@ fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<Strin
         );
     }
     t.push_str("\n| step of socklat's programs | ns per observed call (socklat minus the variant without it) |\n|---|---|\n");
-    for (i, (name, _)) in COST_VARIANTS.iter().enumerate().skip(1).take(5) {
+    let of = |want: Part| {
+        variants
+            .iter()
+            .enumerate()
+            .filter(move |(_, (.., part))| *part == want)
+            .map(|(i, (name, ..))| (i, *name))
+    };
+    for (i, name) in of(Part::Step) {
         let step = name.trim_start_matches("without ");
         let _ = std::fmt::Write::write_fmt(
             &mut t,
             format_args!("| {step} | {:.0} |\n", per_call[0] - per_call[i]),
         );
     }
-    let floor = per_call[6];
-    for (i, (name, _)) in COST_VARIANTS.iter().enumerate().skip(7) {
+    let floor = of(Part::Floor)
+        .map(|(i, _)| per_call[i])
+        .next()
+        .unwrap_or(f64::NAN);
+    for (i, name) in of(Part::FloorStep) {
         let step = name.trim_start_matches("floor without ");
         let _ = std::fmt::Write::write_fmt(
             &mut t,

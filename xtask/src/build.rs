@@ -9,9 +9,14 @@ use anyhow::{Context, Result, bail};
 use crate::toolchain::{self, EbpfToolchain, needs_workaround};
 use crate::util::{root, run, step};
 
-/// Where `build-ebpf` leaves the kernel object.
+/// Where `build-ebpf` leaves the kernel object (per-thread state in an LRU hash).
 pub fn ebpf_object() -> PathBuf {
     root().join("target/ebpf/bpfel-unknown-none/release/observer")
+}
+
+/// Where `build-ebpf` leaves the object with per-thread state in task-local storage.
+pub fn ebpf_task_storage_object() -> PathBuf {
+    root().join("target/ebpf-task-storage/bpfel-unknown-none/release/observer")
 }
 
 /// The kernel programs' crate (a crate of its own, outside the workspace).
@@ -46,11 +51,18 @@ pub fn for_ebpf_crate(cmd: &mut Command, target_dir: PathBuf) -> &mut Command {
         .arg(target_dir)
 }
 
-/// Builds the kernel object (observer-ebpf) for bpfel-unknown-none.
+/// Builds the kernel objects (observer-ebpf) for bpfel-unknown-none: with per-thread state
+/// in an LRU hash (every kernel) and in task-local storage (Linux >= 5.11). Returns the
+/// first.
 pub fn build_ebpf() -> Result<PathBuf> {
     build_ebpf_in(&root().join("target/ebpf"), &[])?;
+    build_ebpf_in(&root().join("target/ebpf-task-storage"), &["task-storage"])?;
     let obj = ebpf_object();
-    step(&format!("kernel object: {}", obj.display()));
+    step(&format!(
+        "kernel objects: {} and {}",
+        obj.display(),
+        ebpf_task_storage_object().display()
+    ));
     Ok(obj)
 }
 
@@ -143,6 +155,10 @@ fn daemon_cargo(subcommand: &str, target_dir: PathBuf, rustflags: Option<&str>) 
     }
     cmd.env("CARGO_TARGET_DIR", target_dir)
         .env("SOCKLAT_EMBED_OBJECT", ebpf_object())
+        .env(
+            "SOCKLAT_EMBED_OBJECT_TASK_STORAGE",
+            ebpf_task_storage_object(),
+        )
         .args(["-p", "observer", "--features", "ebpf"]);
     cmd
 }

@@ -40,7 +40,23 @@ fn lint_ebpf() -> Result<()> {
     run(Command::new("cargo")
         .current_dir(ebpf_crate_dir())
         .args(["fmt", "--", "--check"]))?;
-    step("clippy pedantic (kernel programs)");
+    // Both objects the daemon embeds: per-thread state in an LRU hash, and in task storage.
+    for features in [&[][..], &["task-storage"][..]] {
+        clippy_ebpf(features)?;
+    }
+    Ok(())
+}
+
+/// Clippy pedantic for the kernel programs built with `features`.
+fn clippy_ebpf(features: &[&str]) -> Result<()> {
+    step(&format!(
+        "clippy pedantic (kernel programs{})",
+        if features.is_empty() {
+            String::new()
+        } else {
+            format!(", features {}", features.join(","))
+        }
+    ));
     let args = ["-D", "warnings", "-W", "clippy::pedantic"].join("__CLIPPY_HACKERY__")
         + "__CLIPPY_HACKERY__";
     let toolchain = ebpf_toolchain()?;
@@ -68,6 +84,9 @@ fn lint_ebpf() -> Result<()> {
         }
     }
     for_ebpf_crate(&mut cmd, root().join("target/ebpf-clippy"));
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
     if nightly {
         cmd.args(["--", "-D", "warnings", "-W", "clippy::pedantic"]);
     }

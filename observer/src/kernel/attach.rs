@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use aya::programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint};
+use aya::programs::{
+    BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint,
+};
 use aya::{Btf, Ebpf};
 
 use super::programs::{self, Hook, KernelShape, Program};
@@ -171,6 +173,14 @@ impl<'a> Attacher<'a> {
                     p.load().and_then(|()| p.attach(tp).map(drop)),
                 )
             }
+            Hook::BtfTp(tp) => {
+                let btf = btf.ok_or(AttachError::NoBtf)?;
+                let p: &mut BtfTracePoint = p.try_into().map_err(wrong_type)?;
+                (
+                    format!("tp_btf {tp}"),
+                    p.load(tp, btf).and_then(|()| p.attach().map(drop)),
+                )
+            }
             Hook::Tp { category, name, .. } => {
                 let p: &mut TracePoint = p.try_into().map_err(wrong_type)?;
                 (
@@ -198,6 +208,7 @@ impl<'a> Attacher<'a> {
                 aya::programs::Program::FExit(p) => p.unload(),
                 aya::programs::Program::KProbe(p) => p.unload(),
                 aya::programs::Program::RawTracePoint(p) => p.unload(),
+                aya::programs::Program::BtfTracePoint(p) => p.unload(),
                 aya::programs::Program::TracePoint(p) => p.unload(),
                 _ => Ok(()),
             };

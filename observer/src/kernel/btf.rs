@@ -282,6 +282,27 @@ pub struct SockOffsets {
     pub skb_data: u32,
 }
 
+/// Offsets of the current task's way to its cgroup v2 cgroup (`task->cgroups->dfl_cgrp`),
+/// for the direct loads of the task-storage object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.cgroups`.
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp`.
+    pub css_dfl_cgrp: u32,
+}
+
+impl TaskOffsets {
+    /// Looks the offsets up; `None` when either member is missing.
+    #[must_use]
+    pub fn from_btf(btf: &Btf) -> Option<Self> {
+        Some(Self {
+            task_cgroups: btf.offset("task_struct", "cgroups")?,
+            css_dfl_cgrp: btf.offset("css_set", "dfl_cgrp")?,
+        })
+    }
+}
+
 impl SockOffsets {
     /// The 4 bytes at `sk_type_protocol` of a TCP stream socket, as a little-endian u32.
     #[must_use]

@@ -5,15 +5,47 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::names;
 
 use super::attach::{Attacher, Choice};
-use super::btf::{BtfError, SockOffsets};
+use super::btf::{BtfError, SockOffsets, TaskOffsets};
 use super::programs::KernelShape;
 use crate::cli::Cli;
 use crate::probe_mode::ProbeMode;
 use crate::signal::Signal;
 
-/// The kernel object, built by `cargo xtask build-ebpf` and embedded at build time.
+/// The kernel object with per-thread state in an LRU hash (every kernel), built by
+/// `cargo xtask build-ebpf` and embedded at build time.
 pub static EMBEDDED_OBJECT: &[u8] =
     aya::include_bytes_aligned!(env!("SOCKLAT_EMBEDDED_OBJECT_PATH"));
+
+/// The same programs with per-thread state in task-local storage: cheaper per call, and
+/// bounded by the threads that exist rather than by a table size. Linux >= 5.11 creates
+/// the map (>= 5.12 lets every tracing program type use it); loaded first, the LRU object
+/// where the kernel refuses it.
+pub static EMBEDDED_TASK_STORAGE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(env!("SOCKLAT_EMBEDDED_TASK_STORAGE_OBJECT_PATH"));
+
+/// Where the object keeps each thread's in-flight call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PerThreadForm {
+    /// `BPF_MAP_TYPE_TASK_STORAGE`.
+    TaskStorage,
+    /// An LRU hash keyed by thread id.
+    LruHash,
+    /// The object given with --ebpf-object (whichever it was built with).
+    Given,
+}
+
+impl PerThreadForm {
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::TaskStorage => "per-thread state in task-local storage",
+            Self::LruHash => {
+                "per-thread state in an LRU hash (the kernel refused task-local storage)"
+            }
+            Self::Given => "the kernel object given with --ebpf-object",
+        }
+    }
+}
 
 /// Why the object could not be loaded at all.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +65,7 @@ pub enum LoadError {
 /// The loaded object and what was attached.
 pub struct Loaded {
     pub ebpf: Ebpf,
+    pub form: PerThreadForm,
     pub choices: Vec<Choice>,
     /// Descriptors of the attached programs, to read how often the kernel skipped them.
     pub programs: Vec<std::os::fd::OwnedFd>,
@@ -40,19 +73,24 @@ pub struct Loaded {
 
 /// The socket field offsets for the connection probes and the shape of the kernel's
 /// functions and tracepoints, from its BTF (parsed here, dropped before the programs load).
-fn kernel_facts() -> (Result<SockOffsets, BtfError>, KernelShape) {
+fn kernel_facts() -> (
+    Result<SockOffsets, BtfError>,
+    Option<TaskOffsets>,
+    KernelShape,
+) {
     match super::btf::Btf::from_sys_fs() {
         Ok(b) => {
             let offsets = SockOffsets::from_btf(&b);
+            let task = TaskOffsets::from_btf(&b);
             let shape = KernelShape {
                 recvmsg_params: b.func_params("tcp_recvmsg"),
-                raw_sock_length: offsets.is_ok()
+                btf_sock_length: offsets.is_ok()
                     && b.has_tracepoint("sock_send_length")
                     && b.has_tracepoint("sock_recv_length"),
             };
-            (offsets, shape)
+            (offsets, task, shape)
         }
-        Err(e) => (Err(e), KernelShape::default()),
+        Err(e) => (Err(e), None, KernelShape::default()),
     }
 }
 
@@ -80,12 +118,14 @@ struct Globals {
     skc_net: u64,
     net_inum: u64,
     skb_data: u64,
+    task_cgroups: u64,
+    css_dfl_cgrp: u64,
 }
 
 impl Globals {
     /// From the command line and the socket offsets (`None`: unknown, the connections
     /// signal is then off and the socket checks fall back to what records say).
-    fn new(cli: &Cli, o: Option<&SockOffsets>) -> Self {
+    fn new(cli: &Cli, o: Option<&SockOffsets>, t: Option<TaskOffsets>) -> Self {
         let flag = |b: bool| u32::from(b);
         let off = |f: fn(&SockOffsets) -> u32| o.map_or(0, |o| u64::from(f(o)));
         Self {
@@ -111,6 +151,11 @@ impl Globals {
             skc_net: off(|o| o.skc_net),
             net_inum: off(|o| o.net_inum),
             skb_data: off(|o| o.skb_data),
+            // The direct loads end at the kernfs node's id: they need the socket offsets too.
+            task_cgroups: t
+                .filter(|_| o.is_some())
+                .map_or(0, |t| u64::from(t.task_cgroups)),
+            css_dfl_cgrp: t.map_or(0, |t| u64::from(t.css_dfl_cgrp)),
         }
     }
 
@@ -138,32 +183,81 @@ impl Globals {
             .override_global(names::OFF_INET_SPORT, &self.inet_sport, true)
             .override_global(names::OFF_SKC_NET, &self.skc_net, true)
             .override_global(names::OFF_NET_INUM, &self.net_inum, true)
-            .override_global(names::OFF_SKB_DATA, &self.skb_data, true);
+            .override_global(names::OFF_SKB_DATA, &self.skb_data, true)
+            // Only the task-storage object reads the task's fields (a unit test checks that
+            // it has these globals).
+            .override_global(names::OFF_TASK_CGROUPS, &self.task_cgroups, false)
+            .override_global(names::OFF_CSS_DFL_CGRP, &self.css_dfl_cgrp, false);
     }
 }
 
-/// Loads the object and attaches the enabled signals. Fails only for errors that leave
-/// nothing to run (no object, no privileges); a signal that cannot attach is reported in
-/// its [`Choice`].
+/// Loads the object and attaches the enabled signals: the embedded task-storage object
+/// first, the LRU one where the kernel cannot create its map or its programs may not use
+/// it. Fails only for errors that leave nothing to run (no object, no privileges); a signal
+/// that cannot attach is reported in its [`Choice`].
 ///
 /// # Errors
 /// When the object cannot be read or loaded.
 pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, LoadError> {
-    let bytes_owned;
-    let bytes: &[u8] = match &cli.ebpf_object {
-        Some(p) => {
-            bytes_owned = std::fs::read(p).map_err(|source| LoadError::Object {
-                path: p.clone(),
-                source,
-            })?;
-            &bytes_owned
+    if let Some(p) = &cli.ebpf_object {
+        let bytes = std::fs::read(p).map_err(|source| LoadError::Object {
+            path: p.clone(),
+            source,
+        })?;
+        let loaded = load_object(cli, shared_ring_size, &bytes, PerThreadForm::Given)?;
+        for c in &loaded.choices {
+            log::info!("probe: {}", c.describe());
         }
-        None => EMBEDDED_OBJECT,
+        return Ok(loaded);
+    }
+    let first = load_object(
+        cli,
+        shared_ring_size,
+        EMBEDDED_TASK_STORAGE_OBJECT,
+        PerThreadForm::TaskStorage,
+    );
+    let refused = match &first {
+        Err(e) => Some(crate::report::chain(e)),
+        Ok(l) => l
+            .choices
+            .iter()
+            .flat_map(|c| &c.rejected)
+            .find(|(_, why)| why.contains("task_storage"))
+            .map(|(_, why)| why.clone()),
     };
-    let (offsets, shape) = kernel_facts();
-    let g = Globals::new(cli, offsets.as_ref().ok());
+    let loaded = match refused {
+        None => first,
+        Some(why) => {
+            log::info!("task-local storage refused ({why}); loading the LRU hash object");
+            drop(first);
+            load_object(
+                cli,
+                shared_ring_size,
+                EMBEDDED_OBJECT,
+                PerThreadForm::LruHash,
+            )
+        }
+    }?;
+    log::info!("kernel object: {}", loaded.form.describe());
+    for c in &loaded.choices {
+        log::info!("probe: {}", c.describe());
+    }
+    Ok(loaded)
+}
+
+/// Loads one object and attaches the enabled signals.
+fn load_object(
+    cli: &Cli,
+    shared_ring_size: u32,
+    bytes: &[u8],
+    form: PerThreadForm,
+) -> Result<Loaded, LoadError> {
+    let (offsets, task, shape) = kernel_facts();
+    let g = Globals::new(cli, offsets.as_ref().ok(), task);
     let mut loader = EbpfLoader::new();
     g.set(&mut loader);
+    // aya has no user-space type for task storage maps; only the programs use them.
+    loader.allow_unsupported_maps();
     let mut ebpf = loader
         .map_max_entries(names::CGROUP_RINGS, cli.max_cgroups)
         .map_max_entries(names::SHARED_RING, shared_ring_size)
@@ -188,7 +282,6 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, LoadError> {
             (Signal::Connections, Ok(_)) => attacher.choose(signal, &[ProbeMode::Tracepoint]),
             _ => attacher.choose(signal, cli.probe_mode.candidates()),
         };
-        log::info!("probe: {}", choice.describe());
         choices.push(choice);
     }
     let names = attacher.attached();
@@ -201,6 +294,7 @@ pub fn load(cli: &Cli, shared_ring_size: u32) -> Result<Loaded, LoadError> {
         .collect();
     Ok(Loaded {
         ebpf,
+        form,
         choices,
         programs,
     })

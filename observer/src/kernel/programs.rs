@@ -19,6 +19,8 @@ pub enum Hook {
     KProbe(&'static str),
     /// A raw tracepoint.
     RawTp(&'static str),
+    /// A BTF-typed raw tracepoint (`tp_btf`): its arguments typed by the kernel's BTF.
+    BtfTp(&'static str),
     /// A classic tracepoint; its record must have `fields` at these offsets.
     Tp {
         category: &'static str,
@@ -44,10 +46,10 @@ const SOCK_LENGTH_FIELDS: &[(&str, u32)] =
     &[("sk", 8), ("family", 16), ("protocol", 18), ("ret", 20)];
 
 pub const SYS_ENTER: Program = prog(p::SYS_ENTER, Hook::RawTp("sys_enter"));
-pub const RAW_SOCK_SEND_LENGTH: Program =
-    prog(p::RAW_SOCK_SEND_LENGTH, Hook::RawTp("sock_send_length"));
-pub const RAW_SOCK_RECV_LENGTH: Program =
-    prog(p::RAW_SOCK_RECV_LENGTH, Hook::RawTp("sock_recv_length"));
+pub const BTF_SOCK_SEND_LENGTH: Program =
+    prog(p::BTF_SOCK_SEND_LENGTH, Hook::BtfTp("sock_send_length"));
+pub const BTF_SOCK_RECV_LENGTH: Program =
+    prog(p::BTF_SOCK_RECV_LENGTH, Hook::BtfTp("sock_recv_length"));
 pub const SOCK_SEND_LENGTH: Program = prog(
     p::SOCK_SEND_LENGTH,
     Hook::Tp {
@@ -98,8 +100,8 @@ pub const KRETPROBE_HANDLE_MM_FAULT: Program = prog(
 /// Every program of the object.
 pub const ALL: &[Program] = &[
     SYS_ENTER,
-    RAW_SOCK_SEND_LENGTH,
-    RAW_SOCK_RECV_LENGTH,
+    BTF_SOCK_SEND_LENGTH,
+    BTF_SOCK_RECV_LENGTH,
     SOCK_SEND_LENGTH,
     SOCK_RECV_LENGTH,
     FENTRY_TCP_SENDMSG,
@@ -133,9 +135,10 @@ pub const SYSCALL_TABLE_KNOWN: bool = cfg!(target_arch = "x86_64");
 pub struct KernelShape {
     /// Number of parameters of `tcp_recvmsg`.
     pub recvmsg_params: Option<u16>,
-    /// The sock_*_length tracepoints exist and the socket offsets are known: the raw
-    /// tracepoint programs can be used (cheaper than the classic ones, no tracefs).
-    pub raw_sock_length: bool,
+    /// The sock_*_length tracepoints exist in BTF and the socket offsets are known: the
+    /// BTF-typed tracepoint programs can be used (cheaper than the classic ones: no record
+    /// is built, the socket's fields are direct loads; no tracefs).
+    pub btf_sock_length: bool,
 }
 
 /// Programs that make up one (signal, mode) on a kernel of this shape; empty when the
@@ -156,11 +159,11 @@ pub fn for_mode(signal: Signal, mode: ProbeMode, k: KernelShape) -> Vec<Program>
         ],
         (Signal::SendMsg, ProbeMode::Kprobe) => vec![KPROBE_TCP_SENDMSG, KRETPROBE_TCP_SENDMSG],
         (Signal::RecvMsg, ProbeMode::Kprobe) => vec![KPROBE_TCP_RECVMSG, KRETPROBE_TCP_RECVMSG],
-        (Signal::SendMsg, ProbeMode::Tracepoint) if k.raw_sock_length => {
-            vec![SYS_ENTER, RAW_SOCK_SEND_LENGTH]
+        (Signal::SendMsg, ProbeMode::Tracepoint) if k.btf_sock_length => {
+            vec![SYS_ENTER, BTF_SOCK_SEND_LENGTH]
         }
-        (Signal::RecvMsg, ProbeMode::Tracepoint) if k.raw_sock_length => {
-            vec![SYS_ENTER, RAW_SOCK_RECV_LENGTH]
+        (Signal::RecvMsg, ProbeMode::Tracepoint) if k.btf_sock_length => {
+            vec![SYS_ENTER, BTF_SOCK_RECV_LENGTH]
         }
         (Signal::SendMsg, ProbeMode::Tracepoint) => vec![SYS_ENTER, SOCK_SEND_LENGTH],
         (Signal::RecvMsg, ProbeMode::Tracepoint) => vec![SYS_ENTER, SOCK_RECV_LENGTH],
@@ -206,10 +209,10 @@ mod tests {
         for signal in Signal::ALL {
             for mode in ProbeMode::Auto.candidates() {
                 for recvmsg_params in [Some(4), Some(5), Some(6)] {
-                    for raw_sock_length in [false, true] {
+                    for btf_sock_length in [false, true] {
                         let shape = KernelShape {
                             recvmsg_params,
-                            raw_sock_length,
+                            btf_sock_length,
                         };
                         used.extend(for_mode(signal, *mode, shape).iter().map(|p| p.name));
                     }
@@ -224,14 +227,61 @@ mod tests {
     /// feature embeds it); no kernel and no privileges.
     #[cfg(feature = "ebpf")]
     #[test]
-    fn the_table_and_the_object_agree() {
-        let object = aya_obj::Object::parse(crate::kernel::load::EMBEDDED_OBJECT)
-            .expect("the embedded object parses");
-        let mut in_object: Vec<&str> = object.programs.keys().map(String::as_str).collect();
-        in_object.sort_unstable();
-        let mut in_table: Vec<&str> = ALL.iter().map(|p| p.name).collect();
-        in_table.sort_unstable();
-        assert_eq!(in_object, in_table);
+    fn the_table_and_the_objects_agree() {
+        for bytes in OBJECTS {
+            let object = aya_obj::Object::parse(bytes).expect("the embedded object parses");
+            let mut in_object: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+            in_object.sort_unstable();
+            let mut in_table: Vec<&str> = ALL.iter().map(|p| p.name).collect();
+            in_table.sort_unstable();
+            assert_eq!(in_object, in_table);
+        }
+    }
+
+    /// Both embedded objects: per-thread state in an LRU hash and in task storage.
+    #[cfg(feature = "ebpf")]
+    const OBJECTS: [&[u8]; 2] = [
+        crate::kernel::load::EMBEDDED_OBJECT,
+        crate::kernel::load::EMBEDDED_TASK_STORAGE_OBJECT,
+    ];
+
+    /// The objects differ where they should: the task-storage one has three task storage
+    /// maps (the per-thread starts) and the globals of the task's fields, the other three
+    /// LRU hashes in their place and no such globals.
+    #[cfg(feature = "ebpf")]
+    #[test]
+    fn the_objects_keep_per_thread_state_in_their_own_form() {
+        use aya_obj::generated::bpf_map_type::{BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_TASK_STORAGE};
+        for (bytes, want) in OBJECTS
+            .iter()
+            .zip([BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_TASK_STORAGE])
+        {
+            let object = aya_obj::Object::parse(bytes).expect("the embedded object parses");
+            // The task's fields are read directly in the task-storage object only (the
+            // daemon sets these globals where they exist).
+            let has = |name: &str| {
+                let mut n = name.as_bytes().to_vec();
+                n.push(0);
+                bytes.windows(n.len()).any(|w| w == n)
+            };
+            for global in [
+                observer_common::names::OFF_TASK_CGROUPS,
+                observer_common::names::OFF_CSS_DFL_CGRP,
+            ] {
+                assert_eq!(has(global), want == BPF_MAP_TYPE_TASK_STORAGE, "{global}");
+            }
+            for name in [
+                observer_common::names::SYSCALL_START,
+                observer_common::names::CALL_START,
+                observer_common::names::FAULT_START,
+            ] {
+                let map = object
+                    .maps
+                    .get(name)
+                    .unwrap_or_else(|| panic!("no map {name}"));
+                assert_eq!(map.map_type(), want as u32, "{name}");
+            }
+        }
     }
 
     /// The object is built for BPF v3 (xtask pins `-Ctarget-cpu=v3`): no instruction of the
@@ -245,26 +295,27 @@ mod tests {
         const ALU: u8 = 0x04;
         const JMP32: u8 = 0x06;
         const ALU64: u8 = 0x07;
-        let object = aya_obj::Object::parse(crate::kernel::load::EMBEDDED_OBJECT)
-            .expect("the embedded object parses");
         let mut checked = 0;
-        for f in object.functions.values() {
-            for insn in &f.instructions {
-                let (code, off) = (insn.code, insn.off);
-                let class = code & CLASS;
-                let op = code & 0xf0;
-                let v4 = match class {
-                    LDX => code & 0xe0 == 0x80,
-                    ALU | ALU64 => {
-                        (op == 0xb0 && code & 0x08 != 0 && off != 0)
-                            || ((op == 0x30 || op == 0x90) && off == 1)
-                            || (class == ALU64 && op == 0xd0)
-                    }
-                    JMP32 => op == 0x00,
-                    _ => false,
-                };
-                assert!(!v4, "{}: v4 instruction {code:#04x} off {off}", f.name);
-                checked += 1;
+        for bytes in OBJECTS {
+            let object = aya_obj::Object::parse(bytes).expect("the embedded object parses");
+            for f in object.functions.values() {
+                for insn in &f.instructions {
+                    let (code, off) = (insn.code, insn.off);
+                    let class = code & CLASS;
+                    let op = code & 0xf0;
+                    let v4 = match class {
+                        LDX => code & 0xe0 == 0x80,
+                        ALU | ALU64 => {
+                            (op == 0xb0 && code & 0x08 != 0 && off != 0)
+                                || ((op == 0x30 || op == 0x90) && off == 1)
+                                || (class == ALU64 && op == 0xd0)
+                        }
+                        JMP32 => op == 0x00,
+                        _ => false,
+                    };
+                    assert!(!v4, "{}: v4 instruction {code:#04x} off {off}", f.name);
+                    checked += 1;
+                }
             }
         }
         assert!(checked > 1000, "only {checked} instructions");
