@@ -402,6 +402,168 @@ fn no_call_is_timed_from_a_stale_start() {
     }
 }
 
+/// Sets an integer socket option of `fd`.
+fn set_sockopt(fd: i32, level: i32, name: i32, value: i32) {
+    // SAFETY: a valid descriptor and a pointer to an int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            u32::try_from(size_of::<i32>()).unwrap(),
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+/// A send that `io_uring` completes as task work of a thread that is in another syscall: the
+/// thread fills its socket's send buffer (non-blocking writes until EAGAIN), submits an
+/// `io_uring` send that cannot go out yet (the kernel arms a poll for it), then blocks in a
+/// `read` of a pipe, a syscall of the timed family that makes no socket call. 1.5 s later a
+/// helper thread drains the peer: the poll fires, `io_uring` queues the send's retry as task
+/// work of the reading thread (`TWA_SIGNAL`), which interrupts the read; the kernel runs the
+/// work on the read's way out (it then restarts the read), and the helper's byte into the
+/// pipe ends it. Prints the writes that sent (`@writes_ok`). Fails if the send did not
+/// complete during the read.
+#[test]
+#[ignore = "worker role, run by the accuracy tests"]
+fn role_task_work_send() {
+    if role().as_deref() != Some("role_task_work_send") {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Small buffers: the peer's window and our send buffer fill with little data.
+    set_sockopt(
+        listener.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUF,
+        8192,
+    );
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut peer, _) = listener.accept().unwrap();
+    set_sockopt(client.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 8192);
+    client.set_nonblocking(true).unwrap();
+    let chunk = vec![1u8; 1 << 16];
+    let (mut sent, mut writes_ok) = (0, 0);
+    // Until the buffer stays full: acks of data in flight free some of it after an EAGAIN,
+    // and a send that finds room would not wait for the helper.
+    let mut full_since_pause = false;
+    while !full_since_pause {
+        full_since_pause = true;
+        loop {
+            match (&client).write(&chunk) {
+                Ok(n) => {
+                    sent += n;
+                    writes_ok += 1;
+                    full_since_pause = false;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
+    let data = [2u8; 8];
+    let entry =
+        io_uring::opcode::Send::new(io_uring::types::Fd(client.as_raw_fd()), data.as_ptr(), 8)
+            .build()
+            .user_data(1);
+    // SAFETY: `data` outlives the submission, which completes before this function returns.
+    unsafe {
+        ring.submission()
+            .push(&entry)
+            .expect("submission queue full");
+    };
+    ring.submit().expect("io_uring_enter");
+    assert!(
+        ring.completion().next().is_none(),
+        "the io_uring send completed at once: the send buffer was not full"
+    );
+    let mut p = [0i32; 2];
+    // SAFETY: a valid array of two descriptors.
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    let (rd, wr) = (p[0], p[1]);
+    let helper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut buf = vec![0u8; sent + 8];
+        peer.read_exact(&mut buf).unwrap();
+        // SAFETY: the pipe's write end and a valid one-byte buffer.
+        assert_eq!(unsafe { libc::write(wr, [0u8].as_ptr().cast(), 1) }, 1);
+    });
+    let mut b = [0u8; 1];
+    let started = std::time::Instant::now();
+    // SAFETY: the pipe's read end and a valid one-byte buffer.
+    assert_eq!(unsafe { libc::read(rd, b.as_mut_ptr().cast(), 1) }, 1);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1),
+        "the read returned after {waited:?}: the helper did not hold it"
+    );
+    // No syscall since the read: a completion here was posted by task work run in it.
+    let cqe = ring.completion().next();
+    assert!(
+        cqe.is_some(),
+        "the io_uring send did not complete while the thread was in read()"
+    );
+    assert_eq!(cqe.unwrap().result(), 8, "io_uring send");
+    helper.join().unwrap();
+    // SAFETY: our own pipe's descriptors.
+    unsafe {
+        libc::close(rd);
+        libc::close(wr);
+    }
+    println!("@writes_ok {writes_ok}");
+}
+
+/// A socket call run as task work on the way out of another syscall is not timed from that
+/// syscall's entry: the tracepoint mode counts the `io_uring` send of
+/// [`role_task_work_send`] `untimed` (`x86_64`: `ax` holds the read's -ERESTARTSYS, not
+/// -ENOSYS; arm64: signal handling forgot the syscall, `syscallno` is -1), never `ok` with
+/// the 1.5 s of the pipe read it interrupted; fentry and kprobe time it in `tcp_sendmsg`.
+/// Without the in-syscall check (the `ablate-syscall-check` object) it is timed from the
+/// read's entry.
+#[test]
+fn a_send_completed_as_task_work_is_not_timed_from_the_syscall_it_interrupted() {
+    if role().is_some() {
+        return;
+    }
+    let daemon = Daemon::start(&["--probe-mode", &common::mode()]);
+    let cg = TestCgroup::new("taskwork");
+    let out = role_output(run_role(&cg, "role_task_work_send", &[]));
+    let writes_ok = reported(&out, "writes_ok");
+    std::thread::sleep(Duration::from_millis(300));
+    let m = daemon.scrape();
+    let label = cg.label.as_str();
+    for call in ["sendmsg", "recvmsg"] {
+        let count = m
+            .get(
+                "socklat_tcp_call_duration_seconds_count",
+                &[("cgroup", label), ("call", call)],
+            )
+            .unwrap_or(0.0);
+        let below = m
+            .get(
+                "socklat_tcp_call_duration_seconds_bucket",
+                &[("cgroup", label), ("call", call), ("le", "1.048576")],
+            )
+            .unwrap_or(0.0);
+        assert_eq!(below, count, "{call}: a duration of the pipe read's length");
+        assert_eq!(calls(&m, &cg, call, "error"), 0.0, "{call} errors");
+    }
+    if common::mode() == "tracepoint" {
+        assert_eq!(calls(&m, &cg, "sendmsg", "ok"), writes_ok, "timed sends");
+        assert!(
+            calls(&m, &cg, "sendmsg", "untimed") >= 1.0,
+            "the task work's send is not counted untimed"
+        );
+    } else {
+        assert_eq!(calls(&m, &cg, "sendmsg", "ok"), writes_ok + 1.0, "sends");
+        assert_eq!(calls(&m, &cg, "sendmsg", "untimed"), 0.0, "untimed sends");
+    }
+}
+
 /// A raw IPv4 socket of protocol TCP sends `SOCKLAT_TEST_COUNT` hand-made segments to a
 /// closed loopback port: socket calls of a socket that is not a TCP stream.
 #[test]
