@@ -234,7 +234,11 @@ fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
             quantile(&m.recv, 0.99) as f64 / 1e6
         );
     }
-    // The two groups really are told apart: the slow group's median recv is ~10x the fast one's.
+    // The two groups really are told apart: the slow group's median recv is ~10x the fast one's
+    // on this machine. In the TCG guests emulated timers stretch the short delays by
+    // milliseconds (measured in an arm64 guest: fast p50 6.0 ms for 2 ms asked, slow 25 ms for
+    // 20 ms, and the daemon agreed with both), so there 3x.
+    let apart = if common::in_vm() { 3.0 } else { 5.0 };
     let p50 = |cg: &TestCgroup| {
         scrape
             .get(
@@ -247,7 +251,12 @@ fn per_cgroup_counts_and_quantiles_match_the_clients_measurements() {
             )
             .unwrap()
     };
-    assert!(p50(&slow) > 5.0 * p50(&fast));
+    assert!(
+        p50(&slow) > apart * p50(&fast),
+        "recv p50: slow {} vs fast {}",
+        p50(&slow),
+        p50(&fast)
+    );
 }
 
 /// Issue 5: page fault counts per cgroup agree with the kernel's own per-process counters,
