@@ -118,6 +118,9 @@ pub mod programs {
     pub const PAGE_FAULT_USER: &str = "socklat_page_fault_user";
     /// Raw tracepoint `page_fault_kernel` (x86).
     pub const PAGE_FAULT_KERNEL: &str = "socklat_page_fault_kernel";
+    /// Perf event program on the page-faults software event (where the exception
+    /// tracepoints do not exist: arm64).
+    pub const PERF_PAGE_FAULT: &str = "socklat_perf_page_fault";
     /// fentry `handle_mm_fault`.
     pub const FENTRY_HANDLE_MM_FAULT: &str = "socklat_fentry_handle_mm_fault";
     /// fexit `handle_mm_fault`.

@@ -8,7 +8,7 @@
 #[cfg(feature = "task-storage")]
 use aya_ebpf::Global;
 use aya_ebpf::{
-    bindings::{pt_regs, task_struct},
+    bindings::task_struct,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_task_pt_regs},
 };
 
@@ -20,9 +20,6 @@ static OFF_TASK_CGROUPS: Global<u64> = Global::new(0);
 #[cfg(feature = "task-storage")]
 #[unsafe(no_mangle)]
 static OFF_CSS_DFL_CGRP: Global<u64> = Global::new(0);
-
-/// `-ENOSYS`: what `ax` holds from syscall entry until the syscall returns.
-const ENOSYS: u64 = (-38i64).cast_unsigned();
 
 /// The task the program runs for.
 pub struct Current {
@@ -87,22 +84,14 @@ impl Current {
         unsafe { bpf_get_current_cgroup_id() }
     }
 
-    /// The number of the syscall the task is in, or -1 when it is in none (`x86_64`: the
-    /// entry code saves the number in `orig_ax` and sets `ax` to `-ENOSYS` until the
-    /// syscall returns its value).
+    /// The number of the syscall the task is in, or -1 when it is in none (how the saved
+    /// user registers say so depends on the architecture: [`crate::arch::syscall_in`]).
     #[inline(always)]
     pub fn syscall(&self) -> i64 {
         // SAFETY: bpf_task_pt_regs takes a BTF task pointer and gives a BTF pointer to its
-        // saved registers: the verifier turns loads through it into fault-safe ones (and
+        // saved user registers: the verifier turns loads through it into fault-safe ones (and
         // checks them against the BTF type), no helper call needed for them.
-        unsafe {
-            let regs = bpf_task_pt_regs(self.task()) as *const pt_regs;
-            if (*regs).rax == ENOSYS {
-                (*regs).orig_rax.cast_signed()
-            } else {
-                -1
-            }
-        }
+        unsafe { crate::arch::syscall_in(bpf_task_pt_regs(self.task())) }
     }
 }
 

@@ -1,10 +1,16 @@
-//! Page faults: counts per cgroup in every mode (x86 exception tracepoints), and in the
-//! fentry/kprobe modes the duration of `handle_mm_fault` with major/minor.
+//! Page faults: counts per cgroup in every mode (the x86 exception tracepoints where the
+//! kernel has them, else the page-faults software perf event), and in the fentry/kprobe
+//! modes the duration of `handle_mm_fault` with major/minor.
 
 use aya_ebpf::{
+    EbpfContext,
+    bindings::bpf_perf_event_data,
     helpers::bpf_ktime_get_ns,
-    macros::{fentry, fexit, kprobe, kretprobe, raw_tracepoint},
-    programs::{FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
+    macros::{fentry, fexit, kprobe, kretprobe, perf_event, raw_tracepoint},
+    programs::{
+        FEntryContext, FExitContext, PerfEventContext, ProbeContext, RawTracePointContext,
+        RetProbeContext,
+    },
 };
 use observer_common::{CallStart, Event, EventKind, FAULT_KERNEL, FAULT_MAJOR, FaultCounts};
 
@@ -65,6 +71,21 @@ pub fn socklat_page_fault_user(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn socklat_page_fault_kernel(_ctx: RawTracePointContext) -> i32 {
     count_fault(true);
+    0
+}
+
+/// The `PERF_COUNT_SW_PAGE_FAULTS` software event, one per CPU with a sample period of 1:
+/// where the exception tracepoints do not exist (arm64 has none: arch/arm64/mm/fault.c never
+/// calls `trace_page_fault_*`). The architecture's fault handler counts it once per fault,
+/// before its retry loop (`perf_sw_event` in `do_page_fault` on arm64, in
+/// `do_user_addr_fault` on x86), in the faulting task's context; the sampled registers are
+/// the faulting context's, and say whether it was user mode.
+#[perf_event]
+pub fn socklat_perf_page_fault(ctx: PerfEventContext) -> u32 {
+    // SAFETY: the context of a perf event program is its `bpf_perf_event_data`, whose
+    // registers the verifier lets the program read directly.
+    let regs = unsafe { &(*ctx.as_ptr().cast::<bpf_perf_event_data>()).regs };
+    count_fault(!crate::arch::user_mode(regs));
     0
 }
 

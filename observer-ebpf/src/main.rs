@@ -11,6 +11,7 @@
 // value.
 #![allow(clippy::inline_always, clippy::needless_pass_by_value)]
 
+mod arch;
 mod conn;
 mod current;
 mod faults;

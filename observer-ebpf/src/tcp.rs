@@ -18,6 +18,7 @@ use aya_ebpf::{
 };
 use observer_common::{CALL_UNTIMED, CallResult, CallStart, Event, EventKind};
 
+use crate::arch::nr;
 use crate::conn;
 use crate::current::Current;
 use crate::maps::{CALL_START, SYSCALL_START, emit};
@@ -31,30 +32,11 @@ static ENABLE_SEND: Global<u32> = Global::new(1);
 #[unsafe(no_mangle)]
 static ENABLE_RECV: Global<u32> = Global::new(1);
 
-/// Syscall numbers of the send/recv family: the syscalls whose entry `socklat_sys_enter`
-/// records. Other syscalls that reach a socket (sendfile, splice, `io_uring_enter`, a 32-bit
-/// process's syscalls) are not timed: their socket calls count as untimed, because the
-/// syscall the thread is in is not the one whose entry was recorded.
-#[cfg(bpf_target_arch = "x86_64")]
-mod nr {
-    // arch/x86/entry/syscalls/syscall_64.tbl
-    pub const READ: i64 = 0;
-    pub const WRITE: i64 = 1;
-    pub const READV: i64 = 19;
-    pub const WRITEV: i64 = 20;
-    pub const SENDTO: i64 = 44;
-    pub const RECVFROM: i64 = 45;
-    pub const SENDMSG: i64 = 46;
-    pub const RECVMSG: i64 = 47;
-    pub const RECVMMSG: i64 = 299;
-    pub const SENDMMSG: i64 = 307;
-    // With offset -1 they read or write at the current position, which on a socket is a
-    // receive or a send.
-    pub const PREADV2: i64 = 327;
-    pub const PWRITEV2: i64 = 328;
-}
-
-/// Whether the tracepoint mode times syscall `id`.
+/// Whether the tracepoint mode times syscall `id`: the send/recv family (numbers of the
+/// architecture the object is built for, [`crate::arch::nr`]), whose entry
+/// `socklat_sys_enter` records. Other syscalls that reach a socket (sendfile, splice,
+/// `io_uring_enter`, a 32-bit process's syscalls) are not timed: their socket calls count as
+/// untimed, because the syscall the thread is in is not the one whose entry was recorded.
 #[inline(always)]
 fn timed_syscall(id: i64) -> bool {
     matches!(

@@ -4,8 +4,9 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
 use aya::programs::{
-    BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint,
+    BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, ProgramError, RawTracePoint, TracePoint,
 };
 use aya::{Btf, Ebpf};
 
@@ -43,12 +44,54 @@ pub enum AttachError {
     /// The tracepoint mode times socket calls from syscall entries, by number: it knows
     /// the syscall tables of these architectures only.
     #[error(
-        "the tracepoint mode knows the syscall numbers of x86_64 only, not of {0}: use fentry or kprobe"
+        "the tracepoint mode knows the syscall numbers of x86_64 and aarch64 only, not of {0}: use fentry or kprobe"
     )]
     NoSyscallTable(&'static str),
+    /// The kernel's saved registers are not where the tracepoint mode reads which syscall a
+    /// task is in.
+    #[error(
+        "the kernel's struct pt_regs has {member} at {found}, not at byte {expected} where the tracepoint mode reads it"
+    )]
+    SyscallRegs {
+        member: &'static str,
+        expected: u32,
+        found: String,
+    },
+    /// fentry/fexit loaded, but the kernel cannot attach a BPF trampoline to the function
+    /// (ENOTSUPP): on arm64 trampolines on ftrace-managed functions need ftrace direct
+    /// calls, Linux >= 6.4 (commit 2aa6ac03516d "arm64: ftrace: Add direct call support").
+    #[error(
+        "{hook}: this kernel cannot attach BPF trampolines (ENOTSUPP){}",
+        trampoline_hint()
+    )]
+    NoTrampoline {
+        hook: String,
+        #[source]
+        source: ProgramError,
+    },
+    /// The online CPUs (one perf event each) cannot be read.
+    #[error("cannot read the online CPUs from {path}")]
+    OnlineCpus {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// The signal needs what the kernel's BTF did not give.
     #[error(transparent)]
     Btf(#[from] super::btf::BtfError),
+}
+
+/// `ENOTSUPP` (524, kernel-internal, include/linux/errno.h): what attaching a trampoline
+/// returns where the architecture cannot attach one to the function.
+const ENOTSUPP: i32 = 524;
+
+/// Why trampolines fail on this architecture, where that is known.
+fn trampoline_hint() -> &'static str {
+    if cfg!(target_arch = "aarch64") {
+        "; on arm64 that needs Linux >= 6.4 (ftrace direct calls, CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS)"
+    } else {
+        ""
+    }
 }
 
 /// What was chosen for one signal, and why.
@@ -159,6 +202,25 @@ impl<'a> Attacher<'a> {
                     p.load(f, btf).and_then(|()| p.attach().map(drop)),
                 )
             }
+            Hook::PerfPageFaults => {
+                let cpus = aya::util::online_cpus()
+                    .map_err(|(path, source)| AttachError::OnlineCpus { path, source })?;
+                let p: &mut PerfEvent = p.try_into().map_err(wrong_type)?;
+                (
+                    "perf event page-faults".to_string(),
+                    p.load().and_then(|()| {
+                        cpus.into_iter().try_for_each(|cpu| {
+                            p.attach(
+                                PerfEventConfig::Software(SoftwareEvent::PageFaults),
+                                PerfEventScope::AllProcessesOneCpu { cpu },
+                                SamplePolicy::Period(1),
+                                false,
+                            )
+                            .map(drop)
+                        })
+                    }),
+                )
+            }
             Hook::KProbe(f) => {
                 let p: &mut KProbe = p.try_into().map_err(wrong_type)?;
                 (
@@ -196,7 +258,13 @@ impl<'a> Attacher<'a> {
             }
             Err(source) => {
                 self.unload(prog.name);
-                Err(program_error(&hook, source))
+                let trampoline = matches!(prog.hook, Hook::FEntry(_) | Hook::FExit(_))
+                    && crate::report::has_errno(&source, ENOTSUPP);
+                Err(if trampoline {
+                    AttachError::NoTrampoline { hook, source }
+                } else {
+                    program_error(&hook, source)
+                })
             }
         }
     }
@@ -210,6 +278,7 @@ impl<'a> Attacher<'a> {
                 aya::programs::Program::RawTracePoint(p) => p.unload(),
                 aya::programs::Program::BtfTracePoint(p) => p.unload(),
                 aya::programs::Program::TracePoint(p) => p.unload(),
+                aya::programs::Program::PerfEvent(p) => p.unload(),
                 _ => Ok(()),
             };
         }
@@ -226,6 +295,16 @@ impl<'a> Attacher<'a> {
             && !programs::SYSCALL_TABLE_KNOWN
         {
             return Err(AttachError::NoSyscallTable(std::env::consts::ARCH));
+        }
+        if mode == ProbeMode::Tracepoint
+            && matches!(signal, Signal::SendMsg | Signal::RecvMsg)
+            && let Some((member, expected, found)) = self.shape.syscall_regs_mismatch
+        {
+            return Err(AttachError::SyscallRegs {
+                member,
+                expected,
+                found: found.map_or_else(|| "no such member".to_string(), |f| format!("byte {f}")),
+            });
         }
         let progs = programs::for_mode(signal, mode, self.shape);
         if progs.is_empty() {
@@ -263,8 +342,19 @@ impl<'a> Attacher<'a> {
             match self.attach_mode(signal, mode) {
                 Ok(()) => {
                     choice.mode = Some(mode);
-                    if signal == Signal::PageFaults && mode == ProbeMode::Tracepoint {
-                        choice.note = Some("counts only: no durations or major/minor");
+                    if signal == Signal::PageFaults {
+                        choice.note = match (mode, self.shape.fault_tracepoints) {
+                            (ProbeMode::Tracepoint, true) => {
+                                Some("counts only: no durations or major/minor")
+                            }
+                            (ProbeMode::Tracepoint, false) => Some(
+                                "counts only, from the page-faults perf event (this kernel has no exception tracepoints): no durations or major/minor",
+                            ),
+                            (_, false) => Some(
+                                "counts from the page-faults perf event: this kernel has no exception tracepoints",
+                            ),
+                            (_, true) => None,
+                        };
                     }
                     break;
                 }

@@ -87,10 +87,27 @@ fn kernel_facts() -> (
                 btf_sock_length: offsets.is_ok()
                     && b.has_tracepoint("sock_send_length")
                     && b.has_tracepoint("sock_recv_length"),
+                fault_tracepoints: b.has_tracepoint("page_fault_user")
+                    && b.has_tracepoint("page_fault_kernel"),
+                syscall_regs_mismatch: super::programs::SYSCALL_REGS.iter().find_map(
+                    |&(member, at)| {
+                        let found = b.offset("pt_regs", member);
+                        (found != Some(at)).then_some((member, at, found))
+                    },
+                ),
             };
             (offsets, task, shape)
         }
-        Err(e) => (Err(e), None, KernelShape::default()),
+        // No BTF: fault counts as the architecture has them (the exception tracepoints of
+        // x86 are raw tracepoints, which need no BTF).
+        Err(e) => (
+            Err(e),
+            None,
+            KernelShape {
+                fault_tracepoints: cfg!(target_arch = "x86_64"),
+                ..KernelShape::default()
+            },
+        ),
     }
 }
 

@@ -21,6 +21,8 @@ pub enum Hook {
     RawTp(&'static str),
     /// A BTF-typed raw tracepoint (`tp_btf`): its arguments typed by the kernel's BTF.
     BtfTp(&'static str),
+    /// The page-faults software perf event, one per online CPU, every fault sampled.
+    PerfPageFaults,
     /// A classic tracepoint; its record must have `fields` at these offsets.
     Tp {
         category: &'static str,
@@ -86,6 +88,7 @@ pub const TCP_RETRANSMIT_SKB: Program =
     prog(p::TCP_RETRANSMIT_SKB, Hook::RawTp("tcp_retransmit_skb"));
 pub const PAGE_FAULT_USER: Program = prog(p::PAGE_FAULT_USER, Hook::RawTp("page_fault_user"));
 pub const PAGE_FAULT_KERNEL: Program = prog(p::PAGE_FAULT_KERNEL, Hook::RawTp("page_fault_kernel"));
+pub const PERF_PAGE_FAULT: Program = prog(p::PERF_PAGE_FAULT, Hook::PerfPageFaults);
 pub const FENTRY_HANDLE_MM_FAULT: Program =
     prog(p::FENTRY_HANDLE_MM_FAULT, Hook::FEntry("handle_mm_fault"));
 pub const FEXIT_HANDLE_MM_FAULT: Program =
@@ -120,6 +123,7 @@ pub const ALL: &[Program] = &[
     TCP_RETRANSMIT_SKB,
     PAGE_FAULT_USER,
     PAGE_FAULT_KERNEL,
+    PERF_PAGE_FAULT,
     FENTRY_HANDLE_MM_FAULT,
     FEXIT_HANDLE_MM_FAULT,
     KPROBE_HANDLE_MM_FAULT,
@@ -127,8 +131,23 @@ pub const ALL: &[Program] = &[
 ];
 
 /// Whether the kernel programs know this architecture's syscall numbers (the tracepoint
-/// mode of the socket call signals times from syscall entries, by number).
-pub const SYSCALL_TABLE_KNOWN: bool = cfg!(target_arch = "x86_64");
+/// mode of the socket call signals times from syscall entries, by number): the objects are
+/// built per architecture (observer-ebpf/src/arch), and the daemon embeds its own's.
+pub const SYSCALL_TABLE_KNOWN: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+/// The members of the kernel's `struct pt_regs` that say which syscall a task is in, at the
+/// offsets the kernel programs read them (observer-ebpf/src/arch): the daemon checks them
+/// against the running kernel's BTF before the tracepoint mode uses them.
+pub const SYSCALL_REGS: &[(&str, u32)] = if cfg!(target_arch = "aarch64") {
+    &[
+        ("regs", 0),
+        ("pstate", 264),
+        ("orig_x0", 272),
+        ("syscallno", 280),
+    ]
+} else {
+    &[("ax", 80), ("orig_ax", 120)]
+};
 
 /// What kernel BTF told about the running kernel that decides which programs to attach.
 #[derive(Clone, Copy, Debug, Default)]
@@ -139,6 +158,12 @@ pub struct KernelShape {
     /// BTF-typed tracepoint programs can be used (cheaper than the classic ones: no record
     /// is built, the socket's fields are direct loads; no tracefs).
     pub btf_sock_length: bool,
+    /// The x86 exception tracepoints `page_fault_user`/`page_fault_kernel` exist; elsewhere
+    /// (arm64) faults are counted from the page-faults software perf event.
+    pub fault_tracepoints: bool,
+    /// A member of [`SYSCALL_REGS`] that the kernel's BTF puts elsewhere: (member, where the
+    /// programs read it, where BTF has it); `None` when they agree (or BTF cannot say).
+    pub syscall_regs_mismatch: Option<(&'static str, u32, Option<u32>)>,
 }
 
 /// Programs that make up one (signal, mode) on a kernel of this shape; empty when the
@@ -174,22 +199,30 @@ pub fn for_mode(signal: Signal, mode: ProbeMode, k: KernelShape) -> Vec<Program>
             TCP_SEND_RESET,
             TCP_RETRANSMIT_SKB,
         ],
-        // Fault counts come from the exception tracepoints in every mode, so that they mean
-        // the same everywhere; fentry/kprobe add durations and major/minor.
-        (Signal::PageFaults, ProbeMode::Fentry) => vec![
-            PAGE_FAULT_USER,
-            PAGE_FAULT_KERNEL,
-            FENTRY_HANDLE_MM_FAULT,
-            FEXIT_HANDLE_MM_FAULT,
-        ],
-        (Signal::PageFaults, ProbeMode::Kprobe) => vec![
-            PAGE_FAULT_USER,
-            PAGE_FAULT_KERNEL,
-            KPROBE_HANDLE_MM_FAULT,
-            KRETPROBE_HANDLE_MM_FAULT,
-        ],
-        (Signal::PageFaults, ProbeMode::Tracepoint) => vec![PAGE_FAULT_USER, PAGE_FAULT_KERNEL],
+        // Fault counts come from one source in every mode, so that they mean the same in
+        // each (the exception tracepoints, else the perf event); fentry/kprobe add durations
+        // and major/minor.
+        (Signal::PageFaults, ProbeMode::Fentry) => {
+            let mut v = fault_counts(k);
+            v.extend([FENTRY_HANDLE_MM_FAULT, FEXIT_HANDLE_MM_FAULT]);
+            v
+        }
+        (Signal::PageFaults, ProbeMode::Kprobe) => {
+            let mut v = fault_counts(k);
+            v.extend([KPROBE_HANDLE_MM_FAULT, KRETPROBE_HANDLE_MM_FAULT]);
+            v
+        }
+        (Signal::PageFaults, ProbeMode::Tracepoint) => fault_counts(k),
         _ => Vec::new(),
+    }
+}
+
+/// The programs that count page faults per cgroup on a kernel of this shape.
+fn fault_counts(k: KernelShape) -> Vec<Program> {
+    if k.fault_tracepoints {
+        vec![PAGE_FAULT_USER, PAGE_FAULT_KERNEL]
+    } else {
+        vec![PERF_PAGE_FAULT]
     }
 }
 
@@ -210,16 +243,54 @@ mod tests {
             for mode in ProbeMode::Auto.candidates() {
                 for recvmsg_params in [Some(4), Some(5), Some(6)] {
                     for btf_sock_length in [false, true] {
-                        let shape = KernelShape {
-                            recvmsg_params,
-                            btf_sock_length,
-                        };
-                        used.extend(for_mode(signal, *mode, shape).iter().map(|p| p.name));
+                        for fault_tracepoints in [false, true] {
+                            let shape = KernelShape {
+                                recvmsg_params,
+                                btf_sock_length,
+                                fault_tracepoints,
+                                ..KernelShape::default()
+                            };
+                            used.extend(for_mode(signal, *mode, shape).iter().map(|p| p.name));
+                        }
                     }
                 }
             }
         }
         assert_eq!(used.len(), ALL.len());
+    }
+
+    /// Page faults are counted from one source in every mode: the exception tracepoints
+    /// where the kernel has them, else (arm64) the perf event, never both.
+    #[test]
+    fn faults_are_counted_from_one_source_in_every_mode() {
+        for fault_tracepoints in [false, true] {
+            let shape = KernelShape {
+                fault_tracepoints,
+                ..KernelShape::default()
+            };
+            for mode in ProbeMode::Auto.candidates() {
+                let progs = for_mode(Signal::PageFaults, *mode, shape);
+                let has = |p: Program| progs.contains(&p);
+                assert_eq!(has(PAGE_FAULT_USER), fault_tracepoints, "{mode:?}");
+                assert_eq!(has(PAGE_FAULT_KERNEL), fault_tracepoints, "{mode:?}");
+                assert_eq!(has(PERF_PAGE_FAULT), !fault_tracepoints, "{mode:?}");
+            }
+        }
+    }
+
+    /// The embedded objects were built for the daemon's own architecture (the build script
+    /// refuses others; this reads the marker the same way): an object of another one would
+    /// load and attach, and its kprobe programs would read the wrong registers.
+    #[cfg(feature = "ebpf")]
+    #[test]
+    fn the_objects_are_built_for_this_architecture() {
+        let marker = format!("socklat-bpf-target-arch={}\0", std::env::consts::ARCH);
+        for bytes in OBJECTS {
+            assert!(
+                bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "no {marker:?} in the object"
+            );
+        }
     }
 
     /// The table and the built object agree: every program the table names is in the object
