@@ -6,17 +6,42 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::arch::Arch;
+use crate::cross;
 use crate::toolchain::{self, EbpfToolchain, needs_workaround};
 use crate::util::{root, run, step};
 
-/// Where `build-ebpf` leaves the kernel object (per-thread state in an LRU hash).
-pub fn ebpf_object() -> PathBuf {
-    root().join("target/ebpf/bpfel-unknown-none/release/observer")
+/// The target directory of `arch`'s kernel object with per-thread state in an LRU hash.
+fn ebpf_dir(arch: Arch) -> PathBuf {
+    root().join(format!("target/ebpf{}", arch.suffix()))
 }
 
-/// Where `build-ebpf` leaves the object with per-thread state in task-local storage.
+/// The target directory of `arch`'s object with per-thread state in task-local storage.
+fn ebpf_task_storage_dir(arch: Arch) -> PathBuf {
+    root().join(format!("target/ebpf{}-task-storage", arch.suffix()))
+}
+
+/// Where `build-ebpf` leaves the kernel object of the host's architecture (per-thread state
+/// in an LRU hash).
+pub fn ebpf_object() -> PathBuf {
+    ebpf_object_for(Arch::host())
+}
+
+/// Where `build-ebpf` leaves the host architecture's object with per-thread state in
+/// task-local storage.
 pub fn ebpf_task_storage_object() -> PathBuf {
-    root().join("target/ebpf-task-storage/bpfel-unknown-none/release/observer")
+    ebpf_task_storage_object_for(Arch::host())
+}
+
+/// Where `build-ebpf --arch ARCH` leaves the LRU object for kernels of `arch`
+/// (`target/ebpf/...` for `x86_64`, `target/ebpf-aarch64/...`).
+pub fn ebpf_object_for(arch: Arch) -> PathBuf {
+    ebpf_dir(arch).join("bpfel-unknown-none/release/observer")
+}
+
+/// Where `build-ebpf --arch ARCH` leaves the task-storage object for kernels of `arch`.
+pub fn ebpf_task_storage_object_for(arch: Arch) -> PathBuf {
+    ebpf_task_storage_dir(arch).join("bpfel-unknown-none/release/observer")
 }
 
 /// The kernel programs' crate (a crate of its own, outside the workspace).
@@ -24,24 +49,23 @@ pub fn ebpf_crate_dir() -> PathBuf {
     root().join("observer-ebpf")
 }
 
-/// The architecture whose kernel the object is built for (its syscall numbers and
-/// `pt_regs`): the one xtask runs on.
-pub const BPF_TARGET_ARCH: &str = std::env::consts::ARCH;
-
 /// The BPF instruction set the object is built for, pinned so that a newer LLVM default
 /// cannot emit instructions older verifiers refuse (v3: Linux >= 5.1; v4 needs 6.6).
 pub const BPF_CPU: &str = "v3";
 
+/// The cfg that selects the kernel's architecture (its syscall numbers and `pt_regs`) in
+/// aya-ebpf and in our programs; without it aya-ebpf would take the build host's.
+fn bpf_target_arch_cfg(arch: Arch) -> String {
+    format!("--cfg=bpf_target_arch=\"{arch}\"")
+}
+
 /// What every cargo command on the kernel crate shares: its directory, none of the host's
 /// `RUSTFLAGS` but the target architecture's cfg (aya-ebpf and our programs read it), a
 /// release build for bpfel-unknown-none into `target_dir`.
-pub fn for_ebpf_crate(cmd: &mut Command, target_dir: PathBuf) -> &mut Command {
+pub fn for_ebpf_crate(cmd: &mut Command, arch: Arch, target_dir: PathBuf) -> &mut Command {
     cmd.current_dir(ebpf_crate_dir())
         .env_remove("RUSTFLAGS")
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            format!("--cfg=bpf_target_arch=\"{BPF_TARGET_ARCH}\""),
-        )
+        .env("CARGO_ENCODED_RUSTFLAGS", bpf_target_arch_cfg(arch))
         .args([
             "--release",
             "--target",
@@ -51,17 +75,24 @@ pub fn for_ebpf_crate(cmd: &mut Command, target_dir: PathBuf) -> &mut Command {
         .arg(target_dir)
 }
 
-/// Builds the kernel objects (observer-ebpf) for bpfel-unknown-none: with per-thread state
-/// in an LRU hash (every kernel) and in task-local storage (Linux >= 5.11). Returns the
-/// first.
+/// Builds the kernel objects (observer-ebpf) for bpfel-unknown-none and kernels of the
+/// host's architecture: with per-thread state in an LRU hash (every kernel) and in
+/// task-local storage (Linux >= 5.11). Returns the first.
 pub fn build_ebpf() -> Result<PathBuf> {
-    build_ebpf_in(&root().join("target/ebpf"), &[])?;
-    build_ebpf_in(&root().join("target/ebpf-task-storage"), &["task-storage"])?;
-    let obj = ebpf_object();
+    build_ebpf_for(Arch::host())
+}
+
+/// The same for kernels of `arch` (one pair of objects per architecture: the kprobe
+/// programs read arguments from its registers, the tracepoint mode uses its syscall
+/// numbers).
+pub fn build_ebpf_for(arch: Arch) -> Result<PathBuf> {
+    build_ebpf_in(arch, &ebpf_dir(arch), &[])?;
+    build_ebpf_in(arch, &ebpf_task_storage_dir(arch), &["task-storage"])?;
+    let obj = ebpf_object_for(arch);
     step(&format!(
-        "kernel objects: {} and {}",
+        "kernel objects for {arch}: {} and {}",
         obj.display(),
-        ebpf_task_storage_object().display()
+        ebpf_task_storage_object_for(arch).display()
     ));
     Ok(obj)
 }
@@ -70,12 +101,12 @@ pub fn build_ebpf() -> Result<PathBuf> {
 /// ablations) into a target directory of its own; returns the object's path.
 pub fn build_ebpf_variant(name: &str, features: &[&str]) -> Result<PathBuf> {
     let dir = root().join("target/ebpf-variants").join(name);
-    build_ebpf_in(&dir, features)?;
+    build_ebpf_in(Arch::host(), &dir, features)?;
     Ok(dir.join("bpfel-unknown-none/release/observer"))
 }
 
-/// Builds the kernel object with `features` into `target_dir`.
-fn build_ebpf_in(target_dir: &Path, features: &[&str]) -> Result<()> {
+/// Builds the kernel object for `arch` with `features` into `target_dir`.
+fn build_ebpf_in(arch: Arch, target_dir: &Path, features: &[&str]) -> Result<()> {
     let tc = toolchain::ebpf_toolchain()?;
     toolchain::ensure_bpf_linker(&tc)?;
     let mut cmd;
@@ -104,10 +135,10 @@ fn build_ebpf_in(target_dir: &Path, features: &[&str]) -> Result<()> {
     }
     cmd.env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker");
-    for_ebpf_crate(&mut cmd, target_dir.to_path_buf()).env(
+    for_ebpf_crate(&mut cmd, arch, target_dir.to_path_buf()).env(
         "CARGO_ENCODED_RUSTFLAGS",
         [
-            format!("--cfg=bpf_target_arch=\"{BPF_TARGET_ARCH}\""),
+            bpf_target_arch_cfg(arch),
             "-Cdebuginfo=2".to_string(),
             "-Clink-arg=--btf".to_string(),
             format!("-Ctarget-cpu={BPF_CPU}"),
@@ -136,28 +167,44 @@ pub fn userspace_target_dir() -> PathBuf {
 /// build it with the feature enabled (with `--ignore-rust-version` and `RUSTC_BOOTSTRAP`).
 const WORKAROUND_RUSTFLAGS: &str = "-Zcrate-attr=feature(result_option_map_or_default)";
 
-/// A cargo command for the daemon crate with the `ebpf` feature in `target_dir`, with
-/// `rustflags` (if any) and the rust-version workaround applied only when the compiler
-/// needs it.
-fn daemon_cargo(subcommand: &str, target_dir: PathBuf, rustflags: Option<&str>) -> Command {
+/// A cargo command for the daemon crate with the `ebpf` feature in `target_dir`, embedding
+/// `arch`'s kernel objects, with `rustflags` (if any) and the rust-version workaround applied
+/// only when the compiler needs it; built by `cross`'s compiler and linker when given.
+fn daemon_cargo(
+    subcommand: &str,
+    target_dir: PathBuf,
+    arch: Arch,
+    cross: Option<&cross::Cross>,
+    rustflags: Option<&str>,
+) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).arg(subcommand);
-    let mut flags = rustflags.map(str::to_string);
-    if toolchain::host_rustc_version().is_some_and(needs_workaround) {
+    let mut flags: Vec<String> = rustflags.map(str::to_string).into_iter().collect();
+    let version = match cross {
+        Some(c) => {
+            cmd.env("RUSTC", &c.rustc)
+                .env(cross::Cross::linker_var(arch), c.linker);
+            if let Some(s) = &c.sysroot {
+                // Target crates only (cargo is given --target): build scripts and proc-macros
+                // keep the compiler's own sysroot.
+                flags.push(format!("--sysroot={}", s.display()));
+            }
+            Some(c.version)
+        }
+        None => toolchain::host_rustc_version(),
+    };
+    if version.is_some_and(needs_workaround) {
         cmd.arg("--ignore-rust-version").env("RUSTC_BOOTSTRAP", "1");
-        flags = Some(match flags {
-            Some(f) => format!("{WORKAROUND_RUSTFLAGS} {f}"),
-            None => WORKAROUND_RUSTFLAGS.to_string(),
-        });
+        flags.insert(0, WORKAROUND_RUSTFLAGS.to_string());
     }
-    if let Some(f) = flags {
-        cmd.env("RUSTFLAGS", f);
+    if !flags.is_empty() {
+        cmd.env("RUSTFLAGS", flags.join(" "));
     }
     cmd.env("CARGO_TARGET_DIR", target_dir)
-        .env("SOCKLAT_EMBED_OBJECT", ebpf_object())
+        .env("SOCKLAT_EMBED_OBJECT", ebpf_object_for(arch))
         .env(
             "SOCKLAT_EMBED_OBJECT_TASK_STORAGE",
-            ebpf_task_storage_object(),
+            ebpf_task_storage_object_for(arch),
         )
         .args(["-p", "observer", "--features", "ebpf"]);
     cmd
@@ -166,7 +213,7 @@ fn daemon_cargo(subcommand: &str, target_dir: PathBuf, rustflags: Option<&str>) 
 /// A cargo command for the daemon crate with the `ebpf` feature, in
 /// [`userspace_target_dir`].
 pub fn userspace_cargo(subcommand: &str) -> Command {
-    daemon_cargo(subcommand, userspace_target_dir(), None)
+    daemon_cargo(subcommand, userspace_target_dir(), Arch::host(), None, None)
 }
 
 /// Builds the kernel object and the release daemon; returns the binary's path.
@@ -179,47 +226,54 @@ pub fn build_daemon() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Where the static builds go (their flags differ from every other build's).
-fn static_target_dir() -> PathBuf {
-    root().join("target/vm/build")
+/// Where the static builds of `arch` go (their flags differ from every other build's).
+fn static_target_dir(arch: Arch) -> PathBuf {
+    root().join(format!("target/vm/build{}", arch.suffix()))
 }
 
-/// Static test binaries and daemon; returns (daemon, [(test name, test binary)]).
-pub fn static_binaries() -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
-    build_ebpf()?;
-    step("building static test binaries and daemon for the guests");
-    let target_dir = static_target_dir();
-    let out = daemon_cargo(
-        "test",
-        target_dir.clone(),
-        Some("-C target-feature=+crt-static"),
-    )
-    .args([
-        "--release",
-        "--target",
-        "x86_64-unknown-linux-gnu",
-        "--test",
-        "privileged",
-        "--test",
-        "connections",
-        "--test",
-        "accuracy",
-        "--test",
-        "resets",
-    ])
-    .args(["--no-run", "--message-format", "json"])
-    .output()
-    .context("cargo test --no-run")?;
-    if !out.status.success() {
-        bail!(
-            "static build failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+/// The test binaries the guests run.
+pub const GUEST_TESTS: &[&str] = &["privileged", "connections", "accuracy", "resets"];
+
+/// Static binaries for `arch` (the daemon with `arch`'s kernel objects, and the test
+/// binaries the guests run); returns (daemon, [(test name, test binary)]).
+pub fn static_binaries_for(arch: Arch) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
+    build_ebpf_for(arch)?;
+    let cross = if arch == Arch::host() {
+        None
+    } else {
+        Some(cross::toolchain(arch)?)
+    };
+    step(&format!(
+        "building static test binaries and daemon for {arch} guests"
+    ));
+    let target_dir = static_target_dir(arch);
+    let cargo = || {
+        let mut cmd = daemon_cargo(
+            "test",
+            target_dir.clone(),
+            arch,
+            cross.as_ref(),
+            Some("-C target-feature=+crt-static"),
         );
+        cmd.args(["--release", "--target", arch.triple(), "--no-run"]);
+        for t in GUEST_TESTS {
+            cmd.args(["--test", t]);
+        }
+        cmd
+    };
+    let out = cargo()
+        .args(["--message-format", "json"])
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        // The compiler's messages went into the JSON: build again to show them as text.
+        let _ = cargo().status();
+        bail!("static build for {arch} failed");
     }
     let tests = test_executables(&String::from_utf8_lossy(&out.stdout));
-    let daemon = target_dir.join("x86_64-unknown-linux-gnu/release/socklat");
+    let daemon = target_dir.join(format!("{}/release/socklat", arch.triple()));
     if !daemon.exists() || tests.is_empty() {
-        bail!("static binaries missing after the build");
+        bail!("static binaries for {arch} missing after the build");
     }
     Ok((daemon, tests))
 }

@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail};
 
+use crate::arch::Arch;
 use crate::toolchain::apt_install;
 use crate::util::{is_root, root, run, step};
 
@@ -182,7 +183,18 @@ fn pod_shape(bin: &Path) -> Result<PodShape> {
     Ok(s)
 }
 
-/// Builds the image from a static build of the daemon.
+/// The platforms of the image, one instance of the manifest list each.
+const PLATFORMS: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+
+/// The image's name (a manifest list with one image per platform).
+fn image_tag() -> String {
+    format!("localhost/socklat:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Builds the multi-architecture image from the static builds of the daemon: one `FROM
+/// scratch` image per platform in a manifest list named [`image_tag`], also written as an
+/// OCI archive (target/image/socklat-VERSION.oci.tar) for `skopeo copy --all` or a
+/// registry push.
 fn build_image() -> Result<String> {
     if !is_root() {
         bail!("building and running the image uses podman as root");
@@ -190,18 +202,104 @@ fn build_image() -> Result<String> {
     if Command::new("podman").arg("--version").output().is_err() {
         apt_install(&["podman", "runc"], "podman to build and run the image")?;
     }
-    let (daemon, _) = crate::build::static_binaries()?;
-    let ctx = root().join("target/image");
+    let ctx = root().join("target/image/context");
+    let _ = std::fs::remove_dir_all(&ctx);
     std::fs::create_dir_all(&ctx)?;
-    std::fs::copy(&daemon, ctx.join("socklat"))?;
-    let tag = format!("localhost/socklat:{}", env!("CARGO_PKG_VERSION"));
-    step(&format!("podman build -f deploy/Containerfile -t {tag}"));
+    for arch in PLATFORMS {
+        let (daemon, _) = crate::build::static_binaries_for(arch)?;
+        std::fs::copy(&daemon, ctx.join(format!("socklat-{}", arch.debian())))?;
+    }
+    let tag = image_tag();
+    // A list of that name from an earlier run would get the new images added to it.
+    let _ = podman().args(["manifest", "rm", &tag]).output();
+    let _ = podman().args(["rmi", "--force", &tag]).output();
+    let platforms: Vec<String> = PLATFORMS
+        .iter()
+        .map(|a| format!("linux/{}", a.debian()))
+        .collect();
+    step(&format!(
+        "podman build --platform {} --manifest {tag} -f deploy/Containerfile",
+        platforms.join(",")
+    ));
+    // --no-cache: podman 4.3 reuses a cached layer of another platform (measured).
     run(podman()
-        .args(["build", "-q", "-f"])
+        .args([
+            "build",
+            "-q",
+            "--no-cache",
+            "--platform",
+            &platforms.join(","),
+        ])
+        .args(["--manifest", &tag, "-f"])
         .arg(deploy_dir().join("Containerfile"))
-        .args(["-t", &tag])
         .arg(&ctx))?;
+    let archive = root().join(format!(
+        "target/image/socklat-{}.oci.tar",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let _ = std::fs::remove_file(&archive);
+    run(podman()
+        .args(["manifest", "push", "--all", "--quiet", &tag])
+        .arg(format!("oci-archive:{}", archive.display())))?;
+    step(&format!(
+        "manifest list {tag}; OCI archive {}",
+        archive.display()
+    ));
     Ok(tag)
+}
+
+/// The image of `arch` in the manifest list `tag`, by digest (`tag@sha256:...`).
+fn instance(tag: &str, arch: Arch) -> Result<String> {
+    let out = output(podman().args(["manifest", "inspect", tag]))?;
+    if !out.status.success() {
+        bail!(
+            "podman manifest inspect {tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    manifest_digest(&text, arch.debian())
+        .map(|d| format!("{}@{d}", tag.split(':').next().unwrap_or(tag)))
+        .with_context(|| {
+            format!(
+                "no {} image in the manifest list {tag}:\n{text}",
+                arch.debian()
+            )
+        })
+}
+
+/// The digest of the `architecture` entry of a manifest list (podman's JSON: each entry
+/// has its `digest` before its `platform`).
+fn manifest_digest(json: &str, architecture: &str) -> Option<String> {
+    let mut digest = None;
+    for line in json.lines() {
+        let line = line.trim().trim_end_matches(',');
+        if let Some(d) = line.strip_prefix("\"digest\": ") {
+            digest = Some(d.trim_matches('"').to_string());
+        } else if line == format!("\"architecture\": \"{architecture}\"") {
+            return digest;
+        }
+    }
+    None
+}
+
+/// Copies `/usr/bin/socklat` out of `image` (created, never run: another architecture's
+/// binary does not run here) to `dest`.
+fn binary_of(image: &str, dest: &Path) -> Result<()> {
+    let out = output(podman().args(["create", image]))?;
+    if !out.status.success() {
+        bail!(
+            "podman create {image}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let copied = run(podman()
+        .arg("cp")
+        .arg(format!("{id}:/usr/bin/socklat"))
+        .arg(dest));
+    let _ = podman().args(["rm", &id]).output();
+    copied
 }
 
 /// podman with a containers.conf of ours that sets no default ulimits: podman's defaults
@@ -265,31 +363,127 @@ fn run_like_the_daemonset(
     output(&mut cmd)
 }
 
-/// Builds the image and runs `socklat --check` in it as the `DaemonSet` would; then checks
-/// that without `CAP_BPF` it fails with a line naming it.
+/// Builds the image and runs `socklat --check` in it as the `DaemonSet` would (the amd64
+/// image here, under podman; then without `CAP_BPF` it must fail with a line naming it);
+/// then the arm64 image's binary, copied out of the image, in the aarch64 guests of every
+/// kernel of the matrix, with the `DaemonSet`'s arguments and environment.
 pub fn image() -> Result<()> {
     let bin = tools()?;
     let shape = pod_shape(&bin)?;
     let tag = build_image()?;
     seccomp_profile(&bin)?;
-    step("socklat --check in the image, with the DaemonSet's capabilities and mounts");
-    let out = run_like_the_daemonset(&tag, &shape, "", &["--check"])?;
+    let native = instance(&tag, Arch::host())?;
+    step(&format!(
+        "socklat --check in {native}, with the DaemonSet's capabilities and mounts"
+    ));
+    let out = run_like_the_daemonset(&native, &shape, "", &["--check"])?;
     let text = both_streams(&out);
     eprint!("{text}");
     if !out.status.success() {
         bail!("socklat --check failed in the image ({})", out.status);
     }
-    for signal in ["sendmsg", "recvmsg", "connections", "pagefaults"] {
-        if !text.lines().any(|l| l.trim_start().starts_with(signal)) {
-            bail!("--check output has no line for {signal}");
-        }
-    }
+    signal_lines(&text)?;
     step("the same without CAP_BPF must fail with one clear line");
-    let out = run_like_the_daemonset(&tag, &shape, "BPF", &["--check"])?;
+    let out = run_like_the_daemonset(&native, &shape, "BPF", &["--check"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     if out.status.success() || !err.contains("lacks CAP_BPF") {
         bail!("without CAP_BPF: exit {}, stderr:\n{err}", out.status);
     }
     eprintln!("    {}", err.trim());
+    for arch in PLATFORMS.into_iter().filter(|a| *a != Arch::host()) {
+        check_in_guests(&tag, arch, &shape)?;
+    }
     Ok(())
+}
+
+/// `--check` must print a line for every signal.
+fn signal_lines(text: &str) -> Result<()> {
+    for signal in ["sendmsg", "recvmsg", "connections", "pagefaults"] {
+        if !text.lines().any(|l| l.trim_start().starts_with(signal)) {
+            bail!("--check output has no line for {signal}");
+        }
+    }
+    Ok(())
+}
+
+/// The `arch` image's binary, copied out of the manifest list, run with `--check` and the
+/// `DaemonSet`'s arguments and environment in a guest of each kernel of the matrix.
+fn check_in_guests(tag: &str, arch: Arch, shape: &PodShape) -> Result<()> {
+    let image = instance(tag, arch)?;
+    let dest = root().join(format!("target/image/from-image-{}", arch.debian()));
+    std::fs::create_dir_all(&dest)?;
+    let binary = dest.join("socklat");
+    binary_of(&image, &binary)?;
+    let built =
+        std::fs::read(root().join(format!("target/image/context/socklat-{}", arch.debian())))?;
+    if std::fs::read(&binary)? != built {
+        bail!("the binary in {image} is not the one built for it");
+    }
+    let mut args = shape.args.clone();
+    args.push("--check".into());
+    step(&format!(
+        "{image}: socklat {} in {arch} guests of every kernel",
+        args.join(" ")
+    ));
+    let mut failed = Vec::new();
+    for run in
+        crate::vm::run_in_guests(arch, &crate::vm::all_kernels(), &binary, &args, &shape.env)?
+    {
+        eprintln!(
+            "--- {} ({arch}): exit {:?}\n{}",
+            run.kernel, run.rc, run.output
+        );
+        if run.rc != Some(0) || signal_lines(&run.output).is_err() {
+            failed.push(run.kernel);
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "the {arch} image's socklat --check failed on {}",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// `podman manifest inspect` of a list with an amd64 and an arm64 image (podman 4.3).
+    const LIST: &str = r#"{
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+    "manifests": [
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "size": 405,
+            "digest": "sha256:aaaa",
+            "platform": {
+                "architecture": "amd64",
+                "os": "linux"
+            }
+        },
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "size": 405,
+            "digest": "sha256:bbbb",
+            "platform": {
+                "architecture": "arm64",
+                "os": "linux"
+            }
+        }
+    ]
+}"#;
+
+    #[test]
+    fn digests_of_a_manifest_list() {
+        assert_eq!(
+            super::manifest_digest(LIST, "amd64").as_deref(),
+            Some("sha256:aaaa")
+        );
+        assert_eq!(
+            super::manifest_digest(LIST, "arm64").as_deref(),
+            Some("sha256:bbbb")
+        );
+        assert_eq!(super::manifest_digest(LIST, "riscv64"), None);
+    }
 }

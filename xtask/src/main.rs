@@ -1,8 +1,11 @@
 //! Developer commands: `cargo xtask <command>`, parsed here and dispatched to the module
 //! of each.
 
+mod apt;
+mod arch;
 mod bench;
 mod build;
+mod cross;
 mod deploy;
 mod load;
 mod run;
@@ -24,9 +27,14 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the kernel object (observer-ebpf) for bpfel-unknown-none; installs missing
-    /// toolchain pieces as root on Debian, or says what to install.
-    BuildEbpf,
+    /// Build the kernel objects (observer-ebpf) for bpfel-unknown-none, for kernels of each
+    /// `--arch` (default: this machine's); installs missing toolchain pieces as root on
+    /// Debian, or says what to install.
+    BuildEbpf {
+        /// Architectures of the kernels the objects are for (`x86_64`, `aarch64`).
+        #[arg(long, value_delimiter = ',')]
+        arch: Vec<arch::Arch>,
+    },
     /// Build the kernel object and the release daemon.
     Build,
     /// Build everything and start the daemon as root: `cargo xtask run -- [daemon flags]`.
@@ -38,8 +46,8 @@ enum Cmd {
     /// Every test layer but the kernel matrix: lints, unit tests, privileged integration
     /// tests (root).
     Test,
-    /// The privileged tests on stock Debian kernels (5.10, 6.1, 6.12, 7.3) in QEMU, in every
-    /// probe mode each supports; prints a kernel x mode table.
+    /// The privileged tests on stock Debian kernels (5.10, 6.1, 6.12, 7.3; `x86_64` and `aarch64`
+    /// guests) in QEMU, in every probe mode each supports; prints a kernel x mode table.
     VmTest(vm::Opts),
     /// Benchmarks: overhead ratios measured side by side, pipeline rate, memory.
     Bench(bench::Opts),
@@ -66,7 +74,16 @@ fn main() {
 
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::BuildEbpf => build::build_ebpf().map(drop),
+        Cmd::BuildEbpf { arch } => {
+            let archs = if arch.is_empty() {
+                vec![arch::Arch::host()]
+            } else {
+                arch
+            };
+            archs
+                .into_iter()
+                .try_for_each(|a| build::build_ebpf_for(a).map(drop))
+        }
         Cmd::Build => build::build_daemon().map(drop),
         Cmd::Run { args } => run::run_daemon(&args),
         Cmd::Test => test::all(),

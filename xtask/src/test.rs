@@ -6,6 +6,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
+use crate::arch::Arch;
 use crate::build::{build_ebpf, ebpf_crate_dir, for_ebpf_crate, userspace_cargo};
 use crate::toolchain::{EbpfToolchain, apt_install, ebpf_toolchain};
 use crate::util::{is_root, root, run, step};
@@ -40,17 +41,20 @@ fn lint_ebpf() -> Result<()> {
     run(Command::new("cargo")
         .current_dir(ebpf_crate_dir())
         .args(["fmt", "--", "--check"]))?;
-    // Both objects the daemon embeds: per-thread state in an LRU hash, and in task storage.
-    for features in [&[][..], &["task-storage"][..]] {
-        clippy_ebpf(features)?;
+    // Both objects the daemon embeds (per-thread state in an LRU hash, and in task storage),
+    // for each architecture's kernels (their code differs: syscall numbers, registers).
+    for arch in Arch::ALL {
+        for features in [&[][..], &["task-storage"][..]] {
+            clippy_ebpf(arch, features)?;
+        }
     }
     Ok(())
 }
 
-/// Clippy pedantic for the kernel programs built with `features`.
-fn clippy_ebpf(features: &[&str]) -> Result<()> {
+/// Clippy pedantic for the kernel programs for `arch` built with `features`.
+fn clippy_ebpf(arch: Arch, features: &[&str]) -> Result<()> {
     step(&format!(
-        "clippy pedantic (kernel programs{})",
+        "clippy pedantic (kernel programs for {arch}{})",
         if features.is_empty() {
             String::new()
         } else {
@@ -83,7 +87,11 @@ fn clippy_ebpf(features: &[&str]) -> Result<()> {
             cmd.args(["run", "nightly", "cargo", "clippy", "-Z", "build-std=core"]);
         }
     }
-    for_ebpf_crate(&mut cmd, root().join("target/ebpf-clippy"));
+    for_ebpf_crate(
+        &mut cmd,
+        arch,
+        root().join(format!("target/ebpf-clippy{}", arch.suffix())),
+    );
     if !features.is_empty() {
         cmd.args(["--features", &features.join(",")]);
     }

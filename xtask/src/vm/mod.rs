@@ -1,6 +1,8 @@
 //! `cargo xtask vm-test`: the kernel matrix (the privileged tests on stock Debian kernels in
-//! QEMU, in every probe mode; docs/kernels.md), its reruns and its table.
+//! QEMU, for each architecture, in every probe mode; docs/kernels.md), its reruns and its
+//! table.
 
+mod guest;
 mod initramfs;
 mod kernels;
 mod qemu;
@@ -9,21 +11,25 @@ mod verdict;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::build::static_binaries;
-use crate::toolchain::apt_install;
-use crate::util::{is_root, root, step, succeeds};
-use verdict::Cell;
+use crate::arch::Arch;
+use crate::build::{GUEST_TESTS, static_binaries_for};
+use crate::util::{is_root, root, step};
+use guest::Guest;
+use verdict::{Cell, SerialLog};
 
 /// Options of `cargo xtask vm-test`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Opts {
-    /// Kernels to boot (5.10, 6.1, 6.12, 7.3).
+    /// Kernels to boot (5.10, 6.1, 6.12, 7.3), for each architecture.
     #[arg(long, value_delimiter = ',', default_value = "5.10,6.1,6.12,7.3")]
     pub kernels: Vec<String>,
+    /// Architectures of the guests (`x86_64`, `aarch64`).
+    #[arg(long, value_delimiter = ',', default_value = "x86_64,aarch64")]
+    pub arch: Vec<Arch>,
     /// Probe modes to test.
     #[arg(
         long,
@@ -31,6 +37,13 @@ pub struct Opts {
         default_value = "fentry,kprobe,tracepoint"
     )]
     pub modes: Vec<String>,
+    /// Test binaries the aarch64 guests run (of privileged, connections, accuracy, resets).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "privileged,connections,accuracy,resets"
+    )]
+    pub aarch64_tests: Vec<String>,
     /// Seconds a guest may run before it counts as hung.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -51,9 +64,10 @@ fn vm_dir() -> PathBuf {
     root().join("target/vm")
 }
 
-/// The serial log of the latest boot of kernel `label`.
-fn serial_log(label: &str) -> PathBuf {
-    vm_dir().join(format!("serial-{label}.log"))
+/// The serial log of the latest boot of kernel `label` of `arch` (`serial-6.12.log`,
+/// `serial-aarch64-6.12.log`).
+fn serial_log(arch: Arch, label: &str) -> PathBuf {
+    vm_dir().join(format!("serial{}-{label}.log", arch.suffix()))
 }
 
 /// Runs the matrix and prints the table; fails if any non-skipped cell failed.
@@ -61,27 +75,50 @@ pub fn vm_test(o: &Opts) -> Result<()> {
     if !is_root() {
         bail!("the kernel matrix installs QEMU and needs root");
     }
-    let have = |c: &str| succeeds(Command::new("sh").arg("-c").arg(format!("command -v {c}")));
-    if !have("qemu-system-x86_64") || !Path::new("/bin/busybox").exists() {
-        apt_install(
-            &["qemu-system-x86", "busybox-static"],
-            "QEMU and a static busybox for the guests",
-        )?;
-    }
-    let ks = kernels::download(&o.kernels)?;
-    let (daemon, tests) = static_binaries()?;
-    let initrd = vm_dir().join("initrd.cpio.gz");
-    initramfs::write(&initrd, &daemon, &tests, &o.modes)?;
-    let mut table = String::from("| kernel | mode | result |\n|---|---|---|\n");
-    let mut failed = false;
-    for (label, vmlinuz) in &ks {
-        let (kernel, cells) = run_kernel(label, vmlinuz, &initrd, o)?;
-        for (mode, cell) in &cells {
-            failed |= cell.is_failure();
-            let _ = writeln!(table, "| {kernel} | {mode} | {cell} |");
+    for t in &o.aarch64_tests {
+        if !GUEST_TESTS.contains(&t.as_str()) {
+            bail!("--aarch64-tests: no test binary {t} (the guests run {GUEST_TESTS:?})");
         }
     }
-    println!("\n{table}");
+    let mut table = String::from("| kernel | arch | mode | result |\n|---|---|---|---|\n");
+    let mut times = String::new();
+    let mut failed = false;
+    for &arch in &o.arch {
+        let started = std::time::Instant::now();
+        let guest = Guest::prepare(arch)?;
+        let ks = kernels::download(arch, &o.kernels)?;
+        let (daemon, mut tests) = static_binaries_for(arch)?;
+        if arch == Arch::Aarch64 {
+            tests.retain(|(name, _)| o.aarch64_tests.contains(name));
+        }
+        let payload = Payload {
+            guest,
+            daemon,
+            tests,
+        };
+        let initrd = payload.initrd("", &o.modes)?;
+        let mut guests = Duration::ZERO;
+        for (label, vmlinuz) in &ks {
+            let KernelRun {
+                kernel,
+                cells,
+                took,
+            } = run_kernel(&payload, label, vmlinuz, &initrd, o)?;
+            guests += took;
+            for (mode, cell) in &cells {
+                failed |= cell.is_failure();
+                let _ = writeln!(table, "| {kernel} | {arch} | {mode} | {cell} |");
+            }
+        }
+        let _ = writeln!(
+            times,
+            "{arch}: {} kernels in {:.0} s of guests, {:.0} s with downloads and builds",
+            ks.len(),
+            guests.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    println!("\n{table}\n{times}");
     let _ = std::io::stdout().flush();
     if failed {
         bail!(
@@ -92,18 +129,46 @@ pub fn vm_test(o: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// Boots one kernel for every mode; returns its release and (mode, cell) per mode.
+/// What the guests of one architecture run.
+struct Payload {
+    guest: Guest,
+    daemon: PathBuf,
+    tests: Vec<(String, PathBuf)>,
+}
+
+impl Payload {
+    /// Writes the initramfs that tests `modes` (target/vm/initrd{-aarch64}{name}.cpio.gz).
+    fn initrd(&self, name: &str, modes: &[String]) -> Result<PathBuf> {
+        let path = vm_dir().join(format!("initrd{}{name}.cpio.gz", self.guest.arch.suffix()));
+        initramfs::write(&path, &self.guest, &self.daemon, &self.tests, modes)?;
+        Ok(path)
+    }
+}
+
+/// What one kernel's guests gave: its release, (mode, cell) per mode, and how long its
+/// guests ran.
+struct KernelRun {
+    kernel: String,
+    cells: Vec<(String, Cell)>,
+    took: Duration,
+}
+
+/// Boots one kernel for every mode.
 ///
-/// A failed cell is run once more in a fresh guest: TCG guests on a loaded host are not
-/// deterministic. The table keeps the first failure in view; a broken probe fails both
-/// runs.
+/// A failed cell is run once more in a fresh guest (one that runs only the failed modes):
+/// TCG guests on a loaded host are not deterministic. The table keeps the first failure in
+/// view; a broken probe fails both runs.
 fn run_kernel(
+    payload: &Payload,
     label: &str,
     vmlinuz: &Path,
     initrd: &Path,
     o: &Opts,
-) -> Result<(String, Vec<(String, Cell)>)> {
-    let out = qemu::boot(label, vmlinuz, initrd, o.timeout, &o.modes)?;
+) -> Result<KernelRun> {
+    let guest = &payload.guest;
+    let log = serial_log(guest.arch, label);
+    let out = qemu::boot(guest, label, vmlinuz, initrd, &log, o.timeout, &o.modes)?;
+    let mut took = out.elapsed;
     let mut cells: Vec<(String, Cell)> = out
         .rows
         .into_iter()
@@ -115,10 +180,12 @@ fn run_kernel(
         .map(|(m, _)| m.clone())
         .collect();
     if !failed_modes.is_empty() {
-        let first_log = vm_dir().join(format!("serial-{label}-first.log"));
-        std::fs::rename(serial_log(label), &first_log)?;
+        let first_log =
+            log.with_file_name(format!("serial{}-{label}-first.log", guest.arch.suffix()));
+        std::fs::rename(&log, &first_log)?;
         step(&format!(
-            "{label}: {} failed; running {} again (first log: {})",
+            "{label} ({}): {} failed; running {} again (first log: {})",
+            guest.arch,
             failed_modes.join(", "),
             if failed_modes.len() == 1 {
                 "it"
@@ -127,7 +194,17 @@ fn run_kernel(
             },
             first_log.display()
         ));
-        let mut again = qemu::boot(label, vmlinuz, initrd, o.timeout, &failed_modes)?.rows;
+        let again = qemu::boot(
+            guest,
+            label,
+            vmlinuz,
+            initrd,
+            &log,
+            o.timeout,
+            &failed_modes,
+        )?;
+        took += again.elapsed;
+        let mut again = again.rows;
         cells = cells
             .into_iter()
             .map(
@@ -141,5 +218,48 @@ fn run_kernel(
             )
             .collect();
     }
-    Ok((out.kernel, cells))
+    Ok(KernelRun {
+        kernel: out.kernel,
+        cells,
+        took,
+    })
+}
+
+/// What one guest printed when it ran a binary once (`@@check image`): its kernel, the
+/// exit code and the output.
+pub struct CheckRun {
+    pub kernel: String,
+    pub rc: Option<i32>,
+    pub output: String,
+}
+
+/// Runs `binary` once with `args` and `env` in a guest of `arch` on each of `labels`'
+/// kernels, set up as a `DaemonSet` pod sees the node (see [`initramfs::write_check`]).
+pub fn run_in_guests(
+    arch: Arch,
+    labels: &[String],
+    binary: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<Vec<CheckRun>> {
+    let guest = Guest::prepare(arch)?;
+    let initrd = vm_dir().join(format!("initrd-image{}.cpio.gz", arch.suffix()));
+    initramfs::write_check(&initrd, &guest, binary, args, env)?;
+    let mut runs = Vec::new();
+    for (label, vmlinuz) in kernels::download(arch, labels)? {
+        let log = vm_dir().join(format!("serial-image{}-{label}.log", arch.suffix()));
+        let (_, text, _) = qemu::run(&guest, &vmlinuz, &initrd, &log, 300)?;
+        let serial = SerialLog(&text);
+        runs.push(CheckRun {
+            kernel: serial.kernel().unwrap_or(&label).to_string(),
+            rc: serial.checkrc("image"),
+            output: serial.check_output("image"),
+        });
+    }
+    Ok(runs)
+}
+
+/// Every kernel label of the matrix.
+pub fn all_kernels() -> Vec<String> {
+    kernels::LABELS.iter().map(|l| (*l).to_string()).collect()
 }

@@ -2,12 +2,12 @@
 //! from the serial log (with the log's tail shown when something went wrong).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::serial_log;
+use super::guest::Guest;
 use super::verdict::{SerialLog, Verdict};
 use crate::util::step;
 
@@ -17,72 +17,73 @@ pub struct Outcome {
     pub kernel: String,
     /// (mode, verdict) for each mode asked for.
     pub rows: Vec<(String, Verdict)>,
+    /// From QEMU's start to its exit.
+    pub elapsed: Duration,
 }
 
-/// Boots kernel `label` from `vmlinuz` with `initrd` for at most `timeout` seconds and
-/// returns the verdicts of `modes`.
-pub fn boot(
-    label: &str,
+/// Boots `guest` from `vmlinuz` with `initrd` for at most `timeout` seconds, with its serial
+/// console in `log`; returns QEMU's exit code, the log's text and how long it ran.
+pub fn run(
+    guest: &Guest,
     vmlinuz: &Path,
     initrd: &Path,
+    log: &Path,
     timeout: u64,
-    modes: &[String],
-) -> Result<Outcome> {
-    let log = serial_log(label);
+) -> Result<(i32, String, Duration)> {
     step(&format!(
-        "booting {label} under QEMU (TCG); serial log {}",
+        "booting {} ({}) under QEMU (TCG); serial log {}",
+        vmlinuz.display(),
+        guest.arch,
         log.display()
     ));
     let started = Instant::now();
-    let status = Command::new("timeout")
-        .arg(timeout.to_string())
-        .args([
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            "1G",
-            "-smp",
-            "2",
-            "-nographic",
-            "-nic",
-            "none",
-        ])
-        .args([
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .stdout(std::fs::File::create(&log)?)
+    let status = guest
+        .qemu(vmlinuz, initrd, timeout)
+        .stdout(std::fs::File::create(log)?)
         .stderr(Stdio::null())
         .status()?;
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    Ok((status.code().unwrap_or(-1), text, started.elapsed()))
+}
+
+/// Boots kernel `label` of `guest`'s architecture and returns the verdicts of `modes`.
+pub fn boot(
+    guest: &Guest,
+    label: &str,
+    vmlinuz: &Path,
+    initrd: &Path,
+    log: &Path,
+    timeout: u64,
+    modes: &[String],
+) -> Result<Outcome> {
+    let (code, text, elapsed) = run(guest, vmlinuz, initrd, log, timeout)?;
     let serial = SerialLog(&text);
     let kernel = serial.kernel().unwrap_or(label).to_string();
     let rows: Vec<(String, Verdict)> = modes
         .iter()
         .map(|m| (m.clone(), serial.verdict(label, m)))
         .collect();
-    // The guest's exit code is 2 x rc + 1 (isa-debug-exit): 1 and 3 mean it finished.
-    let code = status.code().unwrap_or(-1);
     println!(
-        "--- {kernel}: socklat --check (auto)\n{}",
+        "--- {kernel} ({}): socklat --check (auto)\n{}",
+        guest.arch,
         serial.auto_check()
     );
+    // The guest's exit code is 2 x rc + 1: 1 and 3 mean it finished.
+    println!(
+        "--- {kernel} ({}): QEMU exit {code} after {:.1} s",
+        guest.arch,
+        elapsed.as_secs_f64()
+    );
     if rows.iter().any(|(_, v)| v.is_failure()) || (code != 1 && code != 3) {
-        eprintln!(
-            "--- {label}: QEMU exit {code} after {:?}; serial tail:",
-            started.elapsed()
-        );
+        eprintln!("--- {label} ({}): serial tail:", guest.arch);
         let lines: Vec<&str> = text.lines().collect();
         for l in &lines[lines.len().saturating_sub(60)..] {
             eprintln!("{l}");
         }
     }
-    Ok(Outcome { kernel, rows })
+    Ok(Outcome {
+        kernel,
+        rows,
+        elapsed,
+    })
 }

@@ -109,13 +109,28 @@ impl<'a> SerialLog<'a> {
 
     /// `socklat --check` in auto mode as the guest printed it, without kernel log lines.
     pub fn auto_check(&self) -> String {
+        self.check_output("auto")
+    }
+
+    /// What the guest printed after `@@check NAME` up to its `@@checkrc`, without kernel
+    /// log lines.
+    pub fn check_output(&self, name: &str) -> String {
         let lines: Vec<&str> = self
-            .after_check("auto")
+            .after_check(name)
             .lines()
             .take_while(|l| !l.contains("@@checkrc"))
             .filter(|l| !l.trim_start().starts_with('['))
             .collect();
         lines.join("\n").trim().to_string()
+    }
+
+    /// The exit code of the `@@check NAME` run (`@@checkrc NAME RC`).
+    pub fn checkrc(&self, name: &str) -> Option<i32> {
+        self.0.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(&format!("@@checkrc {name} "))
+                .and_then(|rc| rc.trim().parse().ok())
+        })
     }
 
     /// Everything after mode `m`'s `@@check` marker (empty if there is none).
@@ -449,6 +464,8 @@ sendmsg count in cgroup /sys/fs/cgroup/t1: 190 < 200
         );
         assert_eq!(SerialLog(LOG_SKIPS).auto_check(), "");
         assert_eq!(SerialLog("no markers").kernel(), None);
+        assert_eq!(log.checkrc("auto"), Some(0));
+        assert_eq!(log.checkrc("fentry"), None);
     }
 
     #[test]
