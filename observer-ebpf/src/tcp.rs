@@ -240,6 +240,9 @@ pub fn socklat_sock_recv_length(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn call_entry(sk: u64) {
+    if cfg!(feature = "no-start") {
+        return;
+    }
     let ts = now();
     per_thread::store(&CALL_START, &Current::get(), |s| {
         s.ts = ts;
@@ -253,6 +256,10 @@ fn call_entry(sk: u64) {
 #[inline(always)]
 fn call_exit(ctx: &impl EbpfContext, kind: EventKind, ret: i32) {
     let cur = Current::get();
+    if cfg!(feature = "no-start") {
+        send_event(ctx, &cur, kind, 0, ret);
+        return;
+    }
     // SAFETY: a value of our own map; only this thread writes its own entry.
     let Some(start) = per_thread::get(&CALL_START, &cur).map(|s| unsafe { &mut *s }) else {
         send_event(ctx, &cur, kind, 0, CALL_UNTIMED);

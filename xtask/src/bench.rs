@@ -163,7 +163,7 @@ fn throughput(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
 
 /// What a variant of the kernel object stands for in the kernel-cost tables.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Part {
+pub enum Part {
     /// The object socklat loads (task-local storage).
     Shipped,
     /// The object it falls back to (LRU hash), the shipped one's per-thread form replaced.
@@ -178,7 +178,7 @@ enum Part {
 
 /// The variants of the kernel object the kernel-cost part measures: (name, features of
 /// observer-ebpf besides `task-storage`, part). The first is the shipped object.
-const COST_VARIANTS: &[(&str, &[&str], Part)] = &[
+pub const COST_VARIANTS: &[(&str, &[&str], Part)] = &[
     ("socklat", &[], Part::Shipped),
     (
         "socklat, per-thread state in an LRU hash (Linux 5.10)",
@@ -223,6 +223,44 @@ const COST_VARIANTS: &[(&str, &[&str], Part)] = &[
         Part::FloorStep,
     ),
 ];
+
+/// The variants whose name contains one of `filter` (all when empty), socklat's own object
+/// always first.
+pub fn cost_variants(
+    filter: &[String],
+) -> Vec<&'static (&'static str, &'static [&'static str], Part)> {
+    COST_VARIANTS
+        .iter()
+        .filter(|(name, _, part)| {
+            *part == Part::Shipped
+                || filter.is_empty()
+                || filter.iter().any(|v| name.contains(v.as_str()))
+        })
+        .collect()
+}
+
+/// The object of a variant, built where it is not the shipped one (or its fallback).
+///
+/// # Errors
+/// When the build fails.
+pub fn variant_object(v: &(&str, &[&str], Part)) -> Result<PathBuf> {
+    let (name, features, part) = v;
+    match part {
+        Part::Shipped => Ok(crate::build::ebpf_task_storage_object()),
+        Part::Fallback => Ok(crate::build::ebpf_object()),
+        _ => {
+            let mut f = features.to_vec();
+            f.push("task-storage");
+            crate::build::build_ebpf_variant(&variant_slug(name), &f)
+        }
+    }
+}
+
+/// A variant's name without spaces (its build directory, and its name in the guests).
+#[must_use]
+pub fn variant_slug(name: &str) -> String {
+    name.replace([' ', ','], "-").replace("--", "-")
+}
 
 /// What one pinned run of a variant cost: ns per run of the `sys_enter` hook, of the
 /// `sock_*_length` programs, ns per observed socket call, and the ping-pong rate.
@@ -281,25 +319,10 @@ fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
 /// without one step of its programs, and for the floor (the least the job needs), side by
 /// side, interleaved round by round; next to the ping-pong rate without any observer.
 fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<String>) -> Result<()> {
-    let variants: Vec<&(&str, &[&str], Part)> = COST_VARIANTS
-        .iter()
-        .filter(|(name, _, part)| {
-            *part == Part::Shipped
-                || o.variants.is_empty()
-                || o.variants.iter().any(|v| name.contains(v.as_str()))
-        })
-        .collect();
+    let variants = cost_variants(&o.variants);
     let objects: Vec<PathBuf> = variants
         .iter()
-        .map(|(name, features, part)| match part {
-            Part::Shipped => Ok(crate::build::ebpf_task_storage_object()),
-            Part::Fallback => Ok(crate::build::ebpf_object()),
-            _ => {
-                let mut f = features.to_vec();
-                f.push("task-storage");
-                crate::build::build_ebpf_variant(&name.replace(' ', "-"), &f)
-            }
-        })
+        .map(|v| variant_object(v))
         .collect::<Result<_>>()?;
     let _stats = bpfstats::StatsEnabled::on()?;
     let mut none = Vec::new();

@@ -136,10 +136,9 @@ pub fn userspace_target_dir() -> PathBuf {
 /// build it with the feature enabled (with `--ignore-rust-version` and `RUSTC_BOOTSTRAP`).
 const WORKAROUND_RUSTFLAGS: &str = "-Zcrate-attr=feature(result_option_map_or_default)";
 
-/// A cargo command for the daemon crate with the `ebpf` feature in `target_dir`, with
-/// `rustflags` (if any) and the rust-version workaround applied only when the compiler
-/// needs it.
-fn daemon_cargo(subcommand: &str, target_dir: PathBuf, rustflags: Option<&str>) -> Command {
+/// A cargo command in the workspace in `target_dir`, with `rustflags` (if any) and the
+/// rust-version workaround applied only when the compiler needs it.
+fn workspace_cargo(subcommand: &str, target_dir: PathBuf, rustflags: Option<&str>) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).arg(subcommand);
     let mut flags = rustflags.map(str::to_string);
@@ -153,8 +152,15 @@ fn daemon_cargo(subcommand: &str, target_dir: PathBuf, rustflags: Option<&str>) 
     if let Some(f) = flags {
         cmd.env("RUSTFLAGS", f);
     }
-    cmd.env("CARGO_TARGET_DIR", target_dir)
-        .env("SOCKLAT_EMBED_OBJECT", ebpf_object())
+    cmd.env("CARGO_TARGET_DIR", target_dir);
+    cmd
+}
+
+/// A cargo command for the daemon crate with the `ebpf` feature in `target_dir` (see
+/// [`workspace_cargo`]).
+fn daemon_cargo(subcommand: &str, target_dir: PathBuf, rustflags: Option<&str>) -> Command {
+    let mut cmd = workspace_cargo(subcommand, target_dir, rustflags);
+    cmd.env("SOCKLAT_EMBED_OBJECT", ebpf_object())
         .env(
             "SOCKLAT_EMBED_OBJECT_TASK_STORAGE",
             ebpf_task_storage_object(),
@@ -222,6 +228,25 @@ pub fn static_binaries() -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
         bail!("static binaries missing after the build");
     }
     Ok((daemon, tests))
+}
+
+/// xtask itself, static: the driver of `vm-bench` inside the guests.
+pub fn static_xtask() -> Result<PathBuf> {
+    step("building a static xtask for the guests");
+    let target_dir = static_target_dir();
+    run(workspace_cargo(
+        "build",
+        target_dir.clone(),
+        Some("-C target-feature=+crt-static"),
+    )
+    .args([
+        "--release",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+        "-p",
+        "xtask",
+    ]))?;
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/xtask"))
 }
 
 /// The (name, executable) of every test target in cargo's JSON messages.

@@ -1,6 +1,8 @@
 //! `cargo xtask vm-test`: the kernel matrix (the privileged tests on stock Debian kernels in
 //! QEMU, in every probe mode; docs/kernels.md), its reruns and its table.
 
+pub mod bench;
+pub mod guest_bench;
 mod initramfs;
 mod kernels;
 mod qemu;
@@ -56,11 +58,8 @@ fn serial_log(label: &str) -> PathBuf {
     vm_dir().join(format!("serial-{label}.log"))
 }
 
-/// Runs the matrix and prints the table; fails if any non-skipped cell failed.
-pub fn vm_test(o: &Opts) -> Result<()> {
-    if !is_root() {
-        bail!("the kernel matrix installs QEMU and needs root");
-    }
+/// Installs QEMU and a static busybox for the guests where missing.
+fn ensure_qemu() -> Result<()> {
     let have = |c: &str| succeeds(Command::new("sh").arg("-c").arg(format!("command -v {c}")));
     if !have("qemu-system-x86_64") || !Path::new("/bin/busybox").exists() {
         apt_install(
@@ -68,6 +67,15 @@ pub fn vm_test(o: &Opts) -> Result<()> {
             "QEMU and a static busybox for the guests",
         )?;
     }
+    Ok(())
+}
+
+/// Runs the matrix and prints the table; fails if any non-skipped cell failed.
+pub fn vm_test(o: &Opts) -> Result<()> {
+    if !is_root() {
+        bail!("the kernel matrix installs QEMU and needs root");
+    }
+    ensure_qemu()?;
     let ks = kernels::download(&o.kernels)?;
     let (daemon, tests) = static_binaries()?;
     let initrd = vm_dir().join("initrd.cpio.gz");

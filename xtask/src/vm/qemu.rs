@@ -19,21 +19,14 @@ pub struct Outcome {
     pub rows: Vec<(String, Verdict)>,
 }
 
-/// Boots kernel `label` from `vmlinuz` with `initrd` for at most `timeout` seconds and
-/// returns the verdicts of `modes`.
-pub fn boot(
-    label: &str,
-    vmlinuz: &Path,
-    initrd: &Path,
-    timeout: u64,
-    modes: &[String],
-) -> Result<Outcome> {
+/// Boots kernel `label` from `vmlinuz` with `initrd` for at most `timeout` seconds; returns
+/// the serial log's text and QEMU's exit code (the guest's is 2 x rc + 1, isa-debug-exit).
+pub fn run(label: &str, vmlinuz: &Path, initrd: &Path, timeout: u64) -> Result<(String, i32)> {
     let log = serial_log(label);
     step(&format!(
         "booting {label} under QEMU (TCG); serial log {}",
         log.display()
     ));
-    let started = Instant::now();
     let status = Command::new("timeout")
         .arg(timeout.to_string())
         .args([
@@ -62,27 +55,45 @@ pub fn boot(
         .stderr(Stdio::null())
         .status()?;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
+    Ok((text, status.code().unwrap_or(-1)))
+}
+
+/// Prints the last lines of a guest's serial log, after what went wrong.
+pub fn show_tail(label: &str, text: &str, why: &str) {
+    eprintln!("--- {label}: {why}; serial tail:");
+    let lines: Vec<&str> = text.lines().collect();
+    for l in &lines[lines.len().saturating_sub(60)..] {
+        eprintln!("{l}");
+    }
+}
+
+/// Boots kernel `label` from `vmlinuz` with `initrd` for at most `timeout` seconds and
+/// returns the verdicts of `modes`.
+pub fn boot(
+    label: &str,
+    vmlinuz: &Path,
+    initrd: &Path,
+    timeout: u64,
+    modes: &[String],
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let (text, code) = run(label, vmlinuz, initrd, timeout)?;
     let serial = SerialLog(&text);
     let kernel = serial.kernel().unwrap_or(label).to_string();
     let rows: Vec<(String, Verdict)> = modes
         .iter()
         .map(|m| (m.clone(), serial.verdict(label, m)))
         .collect();
-    // The guest's exit code is 2 x rc + 1 (isa-debug-exit): 1 and 3 mean it finished.
-    let code = status.code().unwrap_or(-1);
     println!(
         "--- {kernel}: socklat --check (auto)\n{}",
         serial.auto_check()
     );
     if rows.iter().any(|(_, v)| v.is_failure()) || (code != 1 && code != 3) {
-        eprintln!(
-            "--- {label}: QEMU exit {code} after {:?}; serial tail:",
-            started.elapsed()
+        show_tail(
+            label,
+            &text,
+            &format!("QEMU exit {code} after {:?}", started.elapsed()),
         );
-        let lines: Vec<&str> = text.lines().collect();
-        for l in &lines[lines.len().saturating_sub(60)..] {
-            eprintln!("{l}");
-        }
     }
     Ok(Outcome { kernel, rows })
 }
