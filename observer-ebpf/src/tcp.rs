@@ -121,10 +121,15 @@ fn send_event(ctx: &impl EbpfContext, cur: &Current, kind: EventKind, duration: 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn socklat_sys_enter(ctx: RawTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
-    if !timed_syscall(id) || cfg!(feature = "no-start") {
+    if !timed_syscall(id) {
         return 0;
     }
     let ts = now();
+    if cfg!(feature = "no-start") {
+        // The variant without the per-thread store keeps the clock read.
+        core::hint::black_box(ts);
+        return 0;
+    }
     per_thread::store(&SYSCALL_START, &Current::get(), |s| {
         s.ts = ts;
         s.nr = id;
@@ -183,7 +188,7 @@ fn socket_call_returned(ctx: &impl EbpfContext, kind: EventKind, sk: u64, ret: i
     }
     let cur = Current::get();
     if cfg!(feature = "no-start") {
-        send_event(ctx, &cur, kind, 0, ret);
+        send_event(ctx, &cur, kind, now(), ret);
         return;
     }
     // SAFETY: a value of our own map; only this thread writes its own entry.
@@ -240,10 +245,12 @@ pub fn socklat_sock_recv_length(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn call_entry(sk: u64) {
+    let ts = now();
     if cfg!(feature = "no-start") {
+        // The variant without the per-thread store keeps the clock read.
+        core::hint::black_box(ts);
         return;
     }
-    let ts = now();
     per_thread::store(&CALL_START, &Current::get(), |s| {
         s.ts = ts;
         s.sk = sk;
@@ -257,7 +264,7 @@ fn call_entry(sk: u64) {
 fn call_exit(ctx: &impl EbpfContext, kind: EventKind, ret: i32) {
     let cur = Current::get();
     if cfg!(feature = "no-start") {
-        send_event(ctx, &cur, kind, 0, ret);
+        send_event(ctx, &cur, kind, now(), ret);
         return;
     }
     // SAFETY: a value of our own map; only this thread writes its own entry.
