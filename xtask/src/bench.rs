@@ -90,14 +90,22 @@ fn under_observers(
                 "bpftrace" => Observer::Bpftrace(start_bpftrace()?),
                 _ => Observer::None,
             };
+            // Losses count from the start; rates and CPU after a warm-up (steady state:
+            // rings grown, bpftrace's maps populated), the same for every condition.
+            let lost_before = match &obs {
+                Observer::Socklat(d) => event_counts(&scrape(d.addr())).1,
+                _ => 0.0,
+            };
+            let _ = pinned_rr_load(WARM_UP_SECONDS);
             let before = match &obs {
                 Observer::Socklat(d) => {
-                    Some((event_counts(&scrape(d.addr())), cpu_seconds(d.pid())))
+                    Some((event_counts(&scrape(d.addr())).0, cpu_seconds(d.pid())))
                 }
                 _ => None,
             };
             let r = load();
-            if let (Observer::Socklat(d), Some(((e0, l0), c0))) = (&obs, before) {
+            if let (Observer::Socklat(d), Some((e0, c0))) = (&obs, before) {
+                let l0 = lost_before;
                 let (e1, l1) = event_counts(&scrape(d.addr()));
                 let cpu = cpu_seconds(d.pid()) - c0;
                 #[expect(clippy::cast_precision_loss, reason = "seconds")]
@@ -262,6 +270,9 @@ pub fn variant_slug(name: &str) -> String {
     name.replace([' ', ','], "-").replace("--", "-")
 }
 
+/// Seconds of load before a measured run under socklat.
+pub const WARM_UP_SECONDS: u64 = 2;
+
 /// What one pinned run of a variant cost: ns per run of the `sys_enter` hook, of the
 /// `sock_*_length` programs, ns per observed socket call, and the ping-pong rate.
 #[derive(Clone, Copy, Default)]
@@ -287,7 +298,9 @@ fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
             &obj,
         ],
     )?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Steady state first: a cgroup's ring starts small and grows while its load runs (each
+    // growth a wakeup and an install); a long-running daemon has long grown it.
+    let _ = pinned_rr_load(WARM_UP_SECONDS);
     let before = bpfstats::snapshot()?;
     let rate = pinned_rr_load(o.seconds);
     let after = bpfstats::snapshot()?;

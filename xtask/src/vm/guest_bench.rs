@@ -12,6 +12,7 @@ use observer::kernel::programs::{self, KernelShape};
 use observer::probe_mode::ProbeMode;
 use observer::signal::Signal;
 
+use crate::bench::WARM_UP_SECONDS;
 use crate::load::bpfstats;
 use crate::load::observers::Socklat;
 use crate::load::traffic::pinned_rr_load;
@@ -100,7 +101,9 @@ fn measure(o: &Opts, mode: ProbeMode, object: Option<&str>) -> Result<(f64, f64)
         args.extend(["--ebpf-object", path]);
     }
     let daemon = Socklat::start(&o.daemon, &args)?;
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Steady state first: a cgroup's ring starts small and grows while its load runs (each
+    // growth a wakeup and an install); a long-running daemon has long grown it.
+    let _ = pinned_rr_load(WARM_UP_SECONDS);
     let before = bpfstats::snapshot()?;
     let rate = pinned_rr_load(o.seconds);
     let after = bpfstats::snapshot()?;
