@@ -281,11 +281,32 @@ struct Cost {
     length_ns: f64,
     per_call_ns: f64,
     rate: f64,
+    /// The ping-pong rate without observer, measured just before.
+    none: f64,
+    /// IRQ-work interrupts per second (ring buffer wakeups are IRQ work).
+    irq_work: f64,
 }
 
-/// Runs the pinned ping-pong once under socklat with `object`; reads the kernel's own
-/// accounting of our programs around it.
+/// IRQ-work interrupts so far, all CPUs (the `IWI` line of /proc/interrupts).
+fn irq_work_interrupts() -> u64 {
+    std::fs::read_to_string("/proc/interrupts")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let rest = l.trim_start().strip_prefix("IWI:")?;
+            Some(
+                rest.split_whitespace()
+                    .map_while(|w| w.parse::<u64>().ok())
+                    .sum(),
+            )
+        })
+        .unwrap_or(0)
+}
+
+/// Runs the pinned ping-pong once without observer, then under socklat with `object`; reads
+/// the kernel's own accounting of our programs around the second.
 fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
+    let none = pinned_rr_load(o.seconds);
     let obj = object.to_string_lossy();
     let daemon = Socklat::start(
         bin,
@@ -302,7 +323,9 @@ fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
     // growth a wakeup and an install); a long-running daemon has long grown it.
     let _ = pinned_rr_load(WARM_UP_SECONDS);
     let before = bpfstats::snapshot()?;
+    let iwi = irq_work_interrupts();
     let rate = pinned_rr_load(o.seconds);
+    let iwi = irq_work_interrupts() - iwi;
     let after = bpfstats::snapshot()?;
     daemon.stop();
     let spent = bpfstats::between(&before, &after);
@@ -324,6 +347,9 @@ fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
         length_ns: per(len_t, len_n),
         per_call_ns: per(enter_t + len_t, len_n),
         rate,
+        none,
+        #[expect(clippy::cast_precision_loss, reason = "interrupt counts")]
+        irq_work: iwi as f64 / o.seconds as f64,
     })
 }
 
@@ -338,10 +364,8 @@ fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<Strin
         .map(|v| variant_object(v))
         .collect::<Result<_>>()?;
     let _stats = bpfstats::StatsEnabled::on()?;
-    let mut none = Vec::new();
     let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); variants.len()];
     for round in 0..o.rounds {
-        none.push(pinned_rr_load(o.seconds));
         for (i, obj) in objects.iter().enumerate() {
             let c = cost_run(o, bin, obj)?;
             step(&format!(
@@ -356,21 +380,21 @@ fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<Strin
             costs[i].push(c);
         }
     }
-    let base = median(none);
     let med = |v: &[Cost], f: fn(&Cost) -> f64| median(v.iter().map(f).collect());
     let mut t = String::from(
-        "| kernel object (tracepoint mode) | sys_enter ns/run | sock_*_length ns/run | ns per observed socket call | pinned ping-pong / none |\n|---|---|---|---|---|\n",
+        "| kernel object (tracepoint mode) | sys_enter ns/run | sock_*_length ns/run | ns per observed socket call | pinned ping-pong / none (bpf_stats on) | IRQ-work interrupts/s |\n|---|---|---|---|---|---|\n",
     );
     let per_call: Vec<f64> = costs.iter().map(|c| med(c, |c| c.per_call_ns)).collect();
     for (i, (name, ..)) in variants.iter().enumerate() {
         let _ = std::fmt::Write::write_fmt(
             &mut t,
             format_args!(
-                "| {name} | {:.0} | {:.0} | {:.0} | {:.3} |\n",
+                "| {name} | {:.0} | {:.0} | {:.0} | {:.3} | {:.0} |\n",
                 med(&costs[i], |c| c.enter_ns),
                 med(&costs[i], |c| c.length_ns),
                 per_call[i],
-                med(&costs[i], |c| c.rate) / base
+                med(&costs[i], |c| c.rate / c.none),
+                med(&costs[i], |c| c.irq_work),
             ),
         );
     }
