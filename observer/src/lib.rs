@@ -9,6 +9,7 @@
 
 // Shared types and value parsers.
 pub mod error;
+pub mod histograms;
 pub mod idmap;
 pub mod labels;
 pub mod probe_mode;

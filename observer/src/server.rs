@@ -167,10 +167,15 @@ async fn stream_metrics(
     if !head_only {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
         let render = tokio::task::spawn_blocking(move || {
-            stream(&scrape, CHUNK, |piece| {
-                // The receiver is gone only when the client went away: stop quietly.
-                let _ = tx.blocking_send(piece.to_string());
-            });
+            stream(
+                &scrape,
+                crate::histograms::Histograms::Both,
+                CHUNK,
+                |piece| {
+                    // The receiver is gone only when the client went away: stop quietly.
+                    let _ = tx.blocking_send(piece.to_string());
+                },
+            );
         });
         while let Some(piece) = rx.recv().await {
             sock.write_all(piece.as_bytes()).await?;
