@@ -1,5 +1,5 @@
 //! Prometheus's protobuf data model (`io.prometheus.client`, `metrics.proto` of
-//! prometheus/client_model, proto2) as prost messages, written by hand so that the build
+//! `prometheus/client_model`, proto2) as prost messages, written by hand so that the build
 //! needs no `protoc`. Field numbers and types are those of the .proto; fields the daemon
 //! never sends (exemplars, created timestamps, float counts, negative buckets, `untyped`,
 //! `unit`) are left out, which the wire allows: an absent optional field is simply not
