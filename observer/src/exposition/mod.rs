@@ -10,7 +10,7 @@ pub mod protobuf;
 #[cfg(test)]
 mod protobuf_tests;
 #[cfg(test)]
-mod reference;
+pub(crate) mod reference;
 pub mod text;
 
 use std::sync::Arc;

@@ -169,7 +169,7 @@ fn push(a: &mut crate::aggregate::Aggregator, ev: &observer_common::Event) {
 }
 
 /// A scrape of one cgroup with calls, faults (minor and major) and closed connections.
-pub(super) fn scrape_with_traffic() -> Scrape {
+pub(crate) fn scrape_with_traffic() -> Scrape {
     let mut a = crate::aggregate::Aggregator::new(8, std::time::Duration::from_mins(1));
     for i in 0..100u64 {
         push(

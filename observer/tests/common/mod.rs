@@ -6,6 +6,7 @@
     reason = "test helpers whose results their callers use; a mark on each adds nothing"
 )]
 
+pub mod certs;
 pub mod traffic;
 
 use std::ffi::CString;
