@@ -421,6 +421,28 @@ fn tls_and_basic_auth() {
     assert!(e.to_string().contains("certificate"), "{e}");
     // Plain HTTP to the TLS port gets no HTTP answer.
     assert!(http_fetch(srv.addr, "GET", "/healthz", &[]).is_err());
+    // `socklat top`'s client, with the CA file and the user.
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let url = format!("https://localhost:{}/metrics", srv.addr.port());
+    let mut options = crate::top::Options {
+        ca_file: Some(ca_file),
+        user: Some("prom".into()),
+        password: Some("s3cret".into()),
+        ..crate::top::Options::default()
+    };
+    let body = crate::top::Client::new(&url, &options)
+        .unwrap()
+        .fetch()
+        .unwrap();
+    assert!(body.contains("socklat_build_info"));
+    options.password = None;
+    let e = crate::report::chain(
+        &crate::top::Client::new(&url, &options)
+            .unwrap()
+            .fetch()
+            .unwrap_err(),
+    );
+    assert!(e.contains("HTTP 401"), "{e}");
 }
 
 #[test]
