@@ -93,6 +93,8 @@ pub fn deploy_test() -> Result<()> {
     }
     step("cross-checks of the manifests (selectors, ports, probes, privileges, mounts)");
     run(deploy_py(&bin, "check").arg(deploy_dir()))?;
+    step("the tls-auth component applied and cross-checked (Secret mount, probes, ServiceMonitor)");
+    run(deploy_py(&bin, "component").arg(deploy_dir()))?;
     step("promtool check rules, promtool test rules (the alerts fire on injected series)");
     let prom = deploy_dir().join("prometheus");
     run(Command::new("promtool")

@@ -4,5 +4,6 @@
 pub mod cgroups;
 pub mod measure;
 pub mod observers;
+pub mod scrape;
 mod sys;
 pub mod traffic;
