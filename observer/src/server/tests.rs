@@ -229,12 +229,16 @@ fn slow_client_flood(limits: Limits, clients: usize, seconds: u64) -> (usize, us
                     continue;
                 };
                 for b in b"GET /metrics HTTP/1.1\r\nHost: slow\r\n".iter().cycle() {
-                    if stop.load(Ordering::Relaxed) || s.write_all(&[*b]).await.is_err() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if s.write_all(&[*b]).await.is_err() {
+                        // Closed by the daemon (its head timeout, or to make room).
+                        closed.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
-                closed.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -268,6 +272,8 @@ fn slow_client_flood(limits: Limits, clients: usize, seconds: u64) -> (usize, us
         scrapes += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Every slow client writes once more (finding out whether it was closed) before the end.
+    std::thread::sleep(Duration::from_millis(2500));
     stop.store(true, Ordering::Relaxed);
     (scrapes, closed.load(Ordering::Relaxed), slowest)
 }
