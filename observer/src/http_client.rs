@@ -85,6 +85,20 @@ fn line<R: BufRead>(r: &mut R) -> std::io::Result<String> {
         .map_err(|_| bad("response head is not UTF-8"))
 }
 
+/// Appends exactly `n` bytes of `r` to `out`, growing it as they arrive (a length the
+/// server claims is not allocated up front).
+fn read_exactly<R: Read>(r: &mut R, n: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let want = u64::try_from(n).map_err(|_| bad("length too large"))?;
+    let got = r.take(want).read_to_end(out)?;
+    if got != n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "response ended inside its body",
+        ));
+    }
+    Ok(())
+}
+
 /// Reads one response; `head` when the request was `HEAD` (no body follows).
 ///
 /// # Errors
@@ -128,17 +142,14 @@ pub fn read_response<R: BufRead>(r: &mut R, head: bool) -> std::io::Result<Respo
                 while !line(r)?.is_empty() {}
                 break;
             }
-            let start = resp.body.len();
-            resp.body.resize(start + n, 0);
-            r.read_exact(&mut resp.body[start..])?;
+            read_exactly(r, n, &mut resp.body)?;
             if !line(r)?.is_empty() {
                 return Err(bad("chunk not followed by CRLF"));
             }
         }
     } else if let Some(len) = resp.header("content-length") {
         let n: usize = len.parse().map_err(|_| bad("bad content-length"))?;
-        resp.body.resize(n, 0);
-        r.read_exact(&mut resp.body)?;
+        read_exactly(r, n, &mut resp.body)?;
     } else {
         r.read_to_end(&mut resp.body)?;
     }

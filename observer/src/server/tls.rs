@@ -73,7 +73,7 @@ fn certs(
     path: &std::path::Path,
     key: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, WebConfigError> {
-    let bytes = pem.bytes()?;
+    let bytes = pem.bytes(path, key)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(pem_error(path, key))?;
@@ -95,7 +95,7 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, WebConfigError> {
     let provider = Arc::new(provider(t));
     let chain = certs(&t.cert, path, "tls_server_config.cert_file")?;
-    let key = PrivateKeyDer::from_pem_slice(&t.key.bytes()?)
+    let key = PrivateKeyDer::from_pem_slice(&t.key.bytes(path, "tls_server_config.key_file")?)
         .map_err(pem_error(path, "tls_server_config.key_file"))?;
     let tls = |source| WebConfigError::Tls {
         path: path.to_path_buf(),

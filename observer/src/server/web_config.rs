@@ -29,6 +29,15 @@ pub enum WebConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A file the configuration names cannot be read.
+    #[error("{}: {key}: cannot read {}", path.display(), file.display())]
+    Named {
+        path: PathBuf,
+        key: &'static str,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The YAML does not parse or has unknown keys.
     #[error("{}: not a valid web configuration", path.display())]
     Parse {
@@ -117,14 +126,16 @@ pub enum Pem {
 }
 
 impl Pem {
-    /// The PEM text's bytes.
+    /// The PEM text's bytes; `config` and `key` name where it was configured.
     ///
     /// # Errors
     /// When the file cannot be read.
-    pub fn bytes(&self) -> Result<Vec<u8>, WebConfigError> {
+    pub fn bytes(&self, config: &Path, key: &'static str) -> Result<Vec<u8>, WebConfigError> {
         match self {
-            Pem::File(p) => std::fs::read(p).map_err(|source| WebConfigError::Read {
-                path: p.clone(),
+            Pem::File(p) => std::fs::read(p).map_err(|source| WebConfigError::Named {
+                path: config.to_path_buf(),
+                key,
+                file: p.clone(),
                 source,
             }),
             Pem::Inline(s) => Ok(s.as_bytes().to_vec()),
