@@ -112,7 +112,7 @@ async fn metrics(
     };
     let format = negotiate::format(header(header::ACCEPT));
     let gzip = negotiate::gzip(header(header::ACCEPT_ENCODING));
-    if !busy.begin_scrape() {
+    if !busy.begin_scrape().await {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             TEXT,

@@ -7,8 +7,10 @@
 //!   connection that has been waiting longest (a slow or idle client, never one in a
 //!   request), so a scraper's new connection always gets in;
 //! - at most [`Limits::max_scrapes`] scrapes streaming at once (each holds a snapshot); a
-//!   new one past that closes the oldest scrape that has run for more than
-//!   [`SCRAPE_EVICTABLE_AFTER`] (a reader too slow to be a scraper), else is refused;
+//!   new one past that waits for one to end (scrapes of a thousand cgroups take tens of
+//!   milliseconds) or closes the oldest scrape that has run for more than
+//!   [`SCRAPE_EVICTABLE_AFTER`] (a reader too slow to be a scraper), and is refused only if
+//!   neither happens within [`SCRAPE_SLOT_WAIT`];
 //! - a connection waits at most [`Limits::header_timeout`] for a request head (hyper's own
 //!   timer; also enforced here, with the TLS handshake), and a request is answered to its
 //!   last byte within [`Limits::response_timeout`] (hyper has no write timeout).
@@ -26,6 +28,13 @@ use tokio::sync::Notify;
 /// A scrape that has streamed this long may be closed for a new one when all scrape slots
 /// are taken: a scrape of a thousand cgroups takes about a tenth of that.
 pub const SCRAPE_EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Longest a scrape waits for a slot before it is answered 503 (past
+/// [`SCRAPE_EVICTABLE_AFTER`] a slot can always be had by closing a slow scrape).
+pub const SCRAPE_SLOT_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a waiting scrape looks again for a scrape that has become old enough to close.
+const SLOT_RECHECK: Duration = Duration::from_millis(250);
 
 /// The bounds of the server.
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +103,8 @@ pub struct Registry {
     start: Instant,
     conns: Mutex<BTreeMap<u64, Arc<Entry>>>,
     next_id: AtomicU64,
+    /// Told when a scrape ends, for the scrapes waiting for a slot.
+    scrape_ended: Notify,
 }
 
 impl Registry {
@@ -104,6 +115,7 @@ impl Registry {
             start: Instant::now(),
             conns: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
+            scrape_ended: Notify::new(),
         }
     }
 
@@ -223,10 +235,30 @@ pub struct Request {
 }
 
 impl Request {
-    /// Takes a scrape slot, closing the oldest slow scrape if all are taken; false when
-    /// none could be had.
+    /// Takes a scrape slot, waiting for one to free up (or for a slow scrape to become old
+    /// enough to be closed for it); false when none could be had in [`SCRAPE_SLOT_WAIT`].
+    pub async fn begin_scrape(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + SCRAPE_SLOT_WAIT;
+        loop {
+            let ended = self.registry.scrape_ended.notified();
+            tokio::pin!(ended);
+            // Registered before looking, so that an end in between is not missed.
+            ended.as_mut().enable();
+            if self.try_begin_scrape() {
+                return true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout_at(deadline.min(now + SLOT_RECHECK), ended).await;
+        }
+    }
+
+    /// Takes a scrape slot if one is free, or closes the oldest scrape that has run for
+    /// more than [`SCRAPE_EVICTABLE_AFTER`] to take its slot.
     #[must_use]
-    pub fn begin_scrape(&self) -> bool {
+    pub fn try_begin_scrape(&self) -> bool {
         let r = &self.registry;
         let now = r.now_ms();
         let conns = r.table();
@@ -255,7 +287,11 @@ impl Request {
 
 impl Drop for Request {
     fn drop(&mut self) {
+        let was = self.entry.state();
         self.registry.set(&self.entry, State::Waiting);
+        if was == State::Scrape {
+            self.registry.scrape_ended.notify_one();
+        }
     }
 }
 
@@ -297,18 +333,35 @@ mod tests {
         let a = r.admit().unwrap();
         let b = r.admit().unwrap();
         let ra = a.begin();
-        assert!(ra.begin_scrape());
+        assert!(ra.try_begin_scrape());
         let rb = b.begin();
-        // The running scrape is young: the new one is refused.
-        assert!(!rb.begin_scrape());
+        // The running scrape is young: the new one gets no slot now.
+        assert!(!rb.try_begin_scrape());
         // Once it is old, it makes room.
         a.entry.since_ms.store(0, Ordering::Relaxed);
         std::thread::sleep(SCRAPE_EVICTABLE_AFTER + Duration::from_millis(20));
-        assert!(rb.begin_scrape());
+        assert!(rb.try_begin_scrape());
         assert_eq!(a.entry.state(), State::Waiting);
         drop(ra);
         drop(rb);
         assert_eq!(b.entry.state(), State::Waiting);
+    }
+
+    #[tokio::test]
+    async fn a_scrape_waits_for_a_slot_to_free_up() {
+        let r = registry(10, 1);
+        let (a, b) = (r.admit().unwrap(), r.admit().unwrap());
+        let ra = a.begin();
+        assert!(ra.begin_scrape().await);
+        let rb = b.begin();
+        let waiting = tokio::spawn(async move { rb.begin_scrape().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "waits while the slot is taken");
+        drop(ra);
+        assert!(
+            waiting.await.unwrap(),
+            "gets the slot when the other scrape ends"
+        );
     }
 
     #[test]
