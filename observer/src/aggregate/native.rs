@@ -46,24 +46,62 @@ const BOUNDS: [f64; 16] = [
     0.957_603_280_698_573_5,
 ];
 
-/// `v = frac * 2^exp` with `frac` in [0.5, 1), for a positive normal `v`.
-fn frexp(v: f64) -> (f64, i32) {
+/// The bits of [`BOUNDS`]: for positive floats the bit patterns order as the values do.
+const BOUND_BITS: [u64; 16] = {
+    let mut b = [0u64; 16];
+    let mut j = 0;
+    while j < 16 {
+        b[j] = BOUNDS[j].to_bits();
+        j += 1;
+    }
+    b
+};
+
+/// The mantissa bits of an f64.
+const MANTISSA: u64 = (1 << 52) - 1;
+
+/// For each of 256 equal cells of [0.5, 1) (the top 8 mantissa bits), the first bound at
+/// or above the cell's start. Bounds are at least 0.022 apart and a cell 1/512 wide, so a
+/// cell holds at most one bound: one comparison finishes the search (instead of a binary
+/// search per event).
+const CELL_FIRST_BOUND: [u8; 256] = {
+    let mut lut = [0u8; 256];
+    let mut cell = 0;
+    while cell < 256 {
+        let low = (1022u64 << 52) | ((cell as u64) << 44);
+        let mut j = 0;
+        while j < 16 && BOUND_BITS[j] < low {
+            j += 1;
+        }
+        #[expect(clippy::cast_possible_truncation, reason = "at most 16")]
+        let first = j as u8;
+        lut[cell] = first;
+        cell += 1;
+    }
+    lut
+};
+
+/// The index of the bucket that holds `v` seconds (`v` a positive normal number above the
+/// zero threshold), as Prometheus's client libraries compute it: `v = frac * 2^exp` with
+/// `frac` in [0.5, 1) (frexp), then the first bound at or above `frac`; no floating
+/// logarithm, which would round wrongly next to the bounds.
+#[must_use]
+#[inline]
+pub fn bucket_index(v: f64) -> i32 {
     let bits = v.to_bits();
     // An 11-bit field: the cast cannot truncate.
-    let biased = ((bits >> 52) & 0x7ff) as i32;
-    let frac = f64::from_bits((bits & !(0x7ff << 52)) | (1022 << 52));
-    (frac, biased - 1022)
-}
-
-/// The index of the bucket that holds `v` seconds (`v` above the zero threshold), as
-/// Prometheus's client libraries compute it: no floating logarithm, which would round
-/// wrongly next to the bounds.
-#[must_use]
-pub fn bucket_index(v: f64) -> i32 {
-    let (frac, exp) = frexp(v);
-    #[expect(clippy::cast_possible_truncation, reason = "at most 16")]
-    #[expect(clippy::cast_possible_wrap, reason = "at most 16")]
-    let j = BOUNDS.partition_point(|&b| b < frac) as i32;
+    let exp = ((bits >> 52) & 0x7ff) as i32 - 1022;
+    let frac = (bits & MANTISSA) | (1022 << 52);
+    let mut j = usize::from(CELL_FIRST_BOUND[((bits >> 44) & 0xff) as usize]);
+    if j < BOUNDS.len() && BOUND_BITS[j] < frac {
+        j += 1;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "at most 16"
+    )]
+    let j = j as i32;
     j + (exp - 1) * (1 << SCHEMA)
 }
 
@@ -91,7 +129,7 @@ impl NativeBuckets {
     #[inline]
     pub fn record(&mut self, ns: u64) {
         #[expect(clippy::cast_precision_loss, reason = "durations as f64 seconds")]
-        let v = ns as f64 / 1e9;
+        let v = ns as f64 * 1e-9;
         if v <= ZERO_THRESHOLD_SECONDS {
             self.zero_count += 1;
             return;
@@ -177,6 +215,36 @@ mod tests {
         }
         // The zero threshold is the upper bound of a bucket (-320).
         assert!((upper_bound(-320) - ZERO_THRESHOLD_SECONDS).abs() < f64::EPSILON);
+    }
+
+    /// The cell table gives what a plain search of the bounds gives, for values all over
+    /// every cell and right at and next to every bound.
+    #[test]
+    fn the_cell_table_agrees_with_a_search_of_the_bounds() {
+        let reference = |v: f64| {
+            let bits = v.to_bits();
+            let exp = i32::try_from((bits >> 52) & 0x7ff).unwrap() - 1022;
+            let frac = f64::from_bits((bits & MANTISSA) | (1022 << 52));
+            i32::try_from(BOUNDS.partition_point(|&b| b < frac)).unwrap() + (exp - 1) * 16
+        };
+        let mut rng = crate::testutil::Rng(11);
+        for _ in 0..200_000 {
+            let ns = 954 + rng.next_u64() % 100_000_000_000;
+            #[expect(clippy::cast_precision_loss, reason = "test durations")]
+            let v = ns as f64 * 1e-9;
+            assert_eq!(bucket_index(v), reference(v), "{v}");
+        }
+        for b in BOUNDS {
+            for v in [
+                b,
+                f64::from_bits(b.to_bits() - 1),
+                f64::from_bits(b.to_bits() + 1),
+            ] {
+                for scale in [1.0, 2.0, 0.25, 1024.0] {
+                    assert_eq!(bucket_index(v * scale), reference(v * scale), "{v}");
+                }
+            }
+        }
     }
 
     #[test]
