@@ -7,8 +7,10 @@ PyYAML comes with kubernetes-validate in the venv xtask makes).
                                    arg ARG | env NAME VALUE | port NAME NUMBER
   deploy.py seccomp SRC DST        writes podman's profile SRC with bpf and perf_event_open
                                    allowed to DST (see seccomp())
-  deploy.py component DEPLOY_DIR   applies components/tls-auth to the manifests (its JSON
-                                   patches, as kustomize does) and cross-checks the result
+  deploy.py component DEPLOY_DIR OUT_DIR
+                                   applies components/tls-auth to the manifests (its JSON
+                                   patches, as kustomize does), cross-checks the result and
+                                   writes the patched manifests to OUT_DIR (for the schemas)
 """
 import pathlib
 import sys
@@ -180,7 +182,7 @@ def json_patch(doc, ops):
             node[last] = op["value"]
 
 
-def component(deploy):
+def component(deploy, out):
     """components/tls-auth applied to the base: the daemon reads its web configuration from
     a mounted Secret, serves /healthz on a plain port the probes use, the ServiceMonitor
     scrapes over https with the CA and basic auth from Secrets, and the NetworkPolicy lets
@@ -234,6 +236,11 @@ def component(deploy):
     allowed = {p["port"] for r in np["spec"]["ingress"] for p in r["ports"]}
     if not {"metrics", "healthz"} <= allowed:
         problems.append(f"NetworkPolicy lets in {sorted(allowed)}, not metrics and healthz")
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for (kind, f), d in docs.items():
+        if kind in ("DaemonSet", "NetworkPolicy"):
+            (out / f).write_text(yaml.safe_dump(d, sort_keys=False))
     for p in problems:
         print(p)
     return 1 if problems else 0
