@@ -6,20 +6,25 @@
 //! - [`body`]: response bodies, scrapes streamed from a rendering thread (gzip'd there);
 //! - [`negotiate`]: format from `Accept`, gzip from `Accept-Encoding`;
 //! - [`limits`]: the connection table and its bounds;
-//! - [`web_config`], [`tls`], [`auth`], [`watch`]: the web configuration file, its TLS
-//!   and basic authentication, and re-reading it when its files change.
+//! - [`web_config`], [`tls_settings`], [`tls`], [`auth`], [`watch`]: the web configuration
+//!   file, its TLS settings and rustls configuration, basic authentication, and re-reading
+//!   it when its files change.
 //!
 //! A scrape asks the collector for a snapshot through a channel and renders it here, so
 //! rendering never runs on the event path and no lock is shared with it.
 
 pub mod auth;
 pub mod body;
+pub mod config_error;
 pub mod http;
 pub mod limits;
 pub mod negotiate;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+pub mod tls_settings;
+#[cfg(test)]
+mod tls_tests;
 pub mod watch;
 pub mod web_config;
 

@@ -10,7 +10,8 @@ use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::web_config::{ClientAuth, Pem, TlsSettings, Version, WebConfigError};
+use super::config_error::WebConfigError;
+use super::tls_settings::{ClientAuth, Pem, TlsSettings, Version};
 
 /// The ring provider restricted to the configured suites and curves.
 fn provider(t: &TlsSettings) -> CryptoProvider {

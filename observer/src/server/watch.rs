@@ -19,8 +19,9 @@ use http::{HeaderName, HeaderValue};
 use tokio_rustls::TlsAcceptor;
 
 use super::auth::Users;
+use super::config_error::WebConfigError;
 use super::tls::server_config;
-use super::web_config::{WebConfig, WebConfigError, load};
+use super::web_config::{WebConfig, load};
 
 /// What a connection is served with.
 pub struct Active {
