@@ -32,8 +32,9 @@ pub struct Opts {
     /// Extra daemon flags for the socklat runs (e.g. "--ring-size 64K").
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub daemon_args: String,
-    /// Parts to run: kernel-cost, throughput, conntrack, connect, faults, pipeline, memory
-    /// (comma separated).
+    /// Parts to run: kernel-cost, throughput, conntrack, connect, faults, pipeline, memory,
+    /// scrape (comma separated; scrape is not in the default set: it makes 1000 cgroups
+    /// three times).
     #[arg(
         long,
         value_delimiter = ',',
@@ -44,6 +45,10 @@ pub struct Opts {
     /// one of these (comma separated; default all).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
+    /// For the scrape part: a daemon binary of another build (e.g. the previous release)
+    /// whose text scrape is measured next to this build's, on the same cgroups.
+    #[arg(long)]
+    pub scrape_baseline: Option<PathBuf>,
 }
 
 /// One line of the report table.
@@ -570,6 +575,143 @@ fn memory(bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// Scrape size and time per `--histograms` setting, format and compression, at 1, 100 and
+/// 1000 active cgroups: one daemon per setting (tracepoint mode, all signals), the same
+/// cgroups' traffic seen by all three; the median of `--rounds` scrapes (at least 5).
+fn scrape_sizes(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
+    use crate::load::scrape::{ACCEPT_PROTOBUF, ACCEPT_TEXT, measure};
+    let cg_root = PathBuf::from(cgroup2_root()?);
+    let server = EchoServer::start(64);
+    let settings = ["classic", "native", "both"];
+    // (setting, format, accept): what each kind of scraper gets from each setting.
+    let formats = [("text", ACCEPT_TEXT), ("protobuf", ACCEPT_PROTOBUF)];
+    let mut per_cgroup: Vec<(String, f64)> = Vec::new();
+    let mut first: Vec<(f64, f64)> = Vec::new();
+    for n in [1usize, 100, 1000] {
+        let mut daemons = scrape_daemons(bin, &settings)?;
+        let baseline = match &o.scrape_baseline {
+            Some(b) => Some(Socklat::start(
+                b,
+                &["--probe-mode", "tracepoint", "--window", "10m"],
+            )?),
+            None => None,
+        };
+        let dirs = cgroups::make_active(&cg_root, n, server.addr())?;
+        // Every cgroup's path resolved and its events drained.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let mut series_here = Vec::new();
+        for (h, d) in settings.iter().zip(daemons.iter_mut()) {
+            let tracked = metric_sum(&scrape(d.addr()), Family::CgroupsTracked);
+            for (format, accept) in formats {
+                for gzip in [false, true] {
+                    let runs = match (0..o.rounds.max(5))
+                        .map(|_| measure(d.addr(), accept, gzip))
+                        .collect::<Result<Vec<_>>>()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            cgroups::remove_all(&dirs);
+                            bail!(
+                                "--histograms {h}: {e:#} (daemon exit status: {:?})",
+                                d.exited()
+                            );
+                        }
+                    };
+                    let ms = median(runs.iter().map(|m| m.ms).collect());
+                    let m = &runs[runs.len() - 1];
+                    let gz = if gzip { "gzip" } else { "plain" };
+                    step(&format!(
+                        "{n} cgroups (tracked {tracked}), --histograms {h}, {format}, {gz}: \
+                         {} bytes on the wire ({} decompressed), {} series, {ms:.1} ms",
+                        m.wire, m.plain, m.series
+                    ));
+                    rows.push(Row {
+                        name: format!(
+                            "scrape, {n} active cgroups, --histograms {h}, {format}, {gz}"
+                        ),
+                        value: format!("{} B, {} series, {ms:.1} ms", m.wire, m.series),
+                    });
+                    if !gzip {
+                        #[expect(clippy::cast_precision_loss, reason = "series counts")]
+                        series_here.push((
+                            format!("--histograms {h}, {format}"),
+                            m.series as f64,
+                            tracked,
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(b) = baseline {
+            baseline_scrape(o, n, &b, rows)?;
+            b.stop();
+        }
+        for d in daemons {
+            d.stop();
+        }
+        cgroups::remove_all(&dirs);
+        if n == 1 {
+            first = series_here.iter().map(|s| (s.1, s.2)).collect();
+        } else if n == 1000 {
+            per_cgroup = series_here
+                .iter()
+                .zip(&first)
+                .map(|((name, s, tracked), (s1, t1))| {
+                    (name.clone(), (s - s1) / (tracked - t1).max(1.0))
+                })
+                .collect();
+        }
+    }
+    server.stop();
+    for (name, per) in per_cgroup {
+        rows.push(Row {
+            name: format!("series per active cgroup (1000 vs 1 cgroups), {name}"),
+            value: format!("{per:.1}"),
+        });
+    }
+    Ok(())
+}
+
+/// One daemon per `--histograms` setting, tracepoint mode, with a window longer than the
+/// run (every cgroup keeps its quantile series throughout).
+fn scrape_daemons(bin: &Path, settings: &[&str]) -> Result<Vec<Socklat>> {
+    settings
+        .iter()
+        .map(|h| {
+            Socklat::start(
+                bin,
+                &[
+                    "--probe-mode",
+                    "tracepoint",
+                    "--window",
+                    "10m",
+                    "--histograms",
+                    h,
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The text scrape of a baseline build (`--scrape-baseline`), measured like the others.
+fn baseline_scrape(o: &Opts, n: usize, b: &Socklat, rows: &mut Vec<Row>) -> Result<()> {
+    use crate::load::scrape::{ACCEPT_TEXT, measure};
+    let runs = (0..o.rounds.max(5))
+        .map(|_| measure(b.addr(), ACCEPT_TEXT, true))
+        .collect::<Result<Vec<_>>>()?;
+    let ms = median(runs.iter().map(|m| m.ms).collect());
+    let m = &runs[runs.len() - 1];
+    step(&format!(
+        "{n} cgroups, baseline build, text: {} bytes on the wire, {} series, {ms:.1} ms",
+        m.wire, m.series
+    ));
+    rows.push(Row {
+        name: format!("scrape, {n} active cgroups, baseline build (text, no gzip)"),
+        value: format!("{} B, {} series, {ms:.1} ms", m.wire, m.series),
+    });
+    Ok(())
+}
+
 /// Runs the benchmarks and prints a table.
 pub fn bench(o: &Opts) -> Result<()> {
     if !is_root() {
@@ -618,6 +760,9 @@ pub fn bench(o: &Opts) -> Result<()> {
     }
     if want("memory") {
         memory(&bin, &mut rows)?;
+    }
+    if want("scrape") {
+        scrape_sizes(o, &bin, &mut rows)?;
     }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
