@@ -7,6 +7,10 @@ PyYAML comes with kubernetes-validate in the venv xtask makes).
                                    arg ARG | env NAME VALUE | port NAME NUMBER
   deploy.py seccomp SRC DST        writes podman's profile SRC with bpf and perf_event_open
                                    allowed to DST (see seccomp())
+  deploy.py component DEPLOY_DIR OUT_DIR
+                                   applies components/tls-auth to the manifests (its JSON
+                                   patches, as kustomize does), cross-checks the result and
+                                   writes the patched manifests to OUT_DIR (for the schemas)
 """
 import pathlib
 import sys
@@ -160,5 +164,87 @@ def seccomp(src, dst):
     return 0
 
 
+def json_patch(doc, ops):
+    """The JSON patch operations kustomize applies (RFC 6902 add and replace; `-` appends)."""
+    for op in ops:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        node = doc
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        if isinstance(node, list):
+            if op["op"] == "add":
+                node.insert(len(node) if last == "-" else int(last), op["value"])
+            else:
+                node[int(last)] = op["value"]
+        else:
+            if op["op"] == "replace" and last not in node:
+                raise KeyError(f"replace of missing {op['path']}")
+            node[last] = op["value"]
+
+
+def component(deploy, out):
+    """components/tls-auth applied to the base: the daemon reads its web configuration from
+    a mounted Secret, serves /healthz on a plain port the probes use, the ServiceMonitor
+    scrapes over https with the CA and basic auth from Secrets, and the NetworkPolicy lets
+    the probes in."""
+    deploy = pathlib.Path(deploy)
+    comp = yaml.safe_load((deploy / "components/tls-auth/kustomization.yaml").read_text())
+    overlay = yaml.safe_load((deploy / "overlays/tls-auth/kustomization.yaml").read_text())
+    problems = []
+    if comp["kind"] != "Component":
+        problems.append("components/tls-auth is not a kustomize Component")
+    if overlay.get("components") != ["../../components/tls-auth"] or overlay.get("resources") != ["../../"]:
+        problems.append("overlays/tls-auth does not apply the component to deploy/")
+    docs = load(deploy)
+    for p in comp["patches"]:
+        t = p["target"]
+        (doc,) = [d for (k, _), d in docs.items() if k == t["kind"] and d["metadata"]["name"] == t["name"]]
+        json_patch(doc, yaml.safe_load(p["patch"]))
+    ds = one(docs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    args = dict(a.split("=", 1) for a in c["args"] if a.startswith("--web."))
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    web = args.get("--web.config.file", "")
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mount = mounts.get(str(pathlib.PurePosixPath(web).parent))
+    if not mount or "secret" not in vols.get(mount["name"], {}) or not mount.get("readOnly"):
+        problems.append(f"--web.config.file {web!r} is not in a read-only Secret mount")
+    healthz = args.get("--web.healthz-listen", "")
+    if not healthz or int(healthz.rsplit(":", 1)[1]) != ports.get("healthz"):
+        problems.append(f"--web.healthz-listen {healthz!r} is not the container port healthz")
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        h = c[probe]["httpGet"]
+        if h.get("path") != "/healthz" or h.get("port") != "healthz" or h.get("scheme", "HTTP") != "HTTP":
+            problems.append(f"{probe} is not plain /healthz on the healthz port")
+    (ep,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    tls = ep.get("tlsConfig", {})
+    if ep.get("scheme") != "https":
+        problems.append("ServiceMonitor does not scrape over https")
+    if "secret" not in tls.get("ca", {}) or "caFile" in tls or not tls.get("serverName"):
+        problems.append("ServiceMonitor tlsConfig needs ca from a Secret (not also caFile) and serverName")
+    if ("cert" in tls) != ("keySecret" in tls):
+        problems.append("ServiceMonitor tlsConfig: client cert and key go together")
+    auth = ep.get("basicAuth", {})
+    if not all("name" in auth.get(k, {}) and "key" in auth.get(k, {}) for k in ("username", "password")):
+        problems.append("ServiceMonitor basicAuth needs username and password Secret keys")
+    mounted = vols[mount["name"]].get("secret", {}).get("secretName") if mount else None
+    if tls.get("ca", {}).get("secret", {}).get("name") != mounted:
+        problems.append("the ServiceMonitor's CA is not from the Secret the daemon mounts")
+    np = one(docs, "NetworkPolicy")
+    allowed = {p["port"] for r in np["spec"]["ingress"] for p in r["ports"]}
+    if not {"metrics", "healthz"} <= allowed:
+        problems.append(f"NetworkPolicy lets in {sorted(allowed)}, not metrics and healthz")
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for (kind, f), d in docs.items():
+        if kind in ("DaemonSet", "NetworkPolicy"):
+            (out / f).write_text(yaml.safe_dump(d, sort_keys=False))
+    for p in problems:
+        print(p)
+    return 1 if problems else 0
+
+
 if __name__ == "__main__":
-    sys.exit({"check": check, "podman": podman, "seccomp": seccomp}[sys.argv[1]](*sys.argv[2:]))
+    sys.exit({"check": check, "podman": podman, "seccomp": seccomp, "component": component}[sys.argv[1]](*sys.argv[2:]))

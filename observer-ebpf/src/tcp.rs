@@ -103,10 +103,15 @@ fn send_event(ctx: &impl EbpfContext, cur: &Current, kind: EventKind, duration: 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn socklat_sys_enter(ctx: RawTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
-    if !timed_syscall(id) || cfg!(feature = "no-start") {
+    if !timed_syscall(id) {
         return 0;
     }
     let ts = now();
+    if cfg!(feature = "no-start") {
+        // The variant without the per-thread store keeps the clock read.
+        core::hint::black_box(ts);
+        return 0;
+    }
     per_thread::store(&SYSCALL_START, &Current::get(), |s| {
         s.ts = ts;
         s.nr = id;
@@ -165,7 +170,7 @@ fn socket_call_returned(ctx: &impl EbpfContext, kind: EventKind, sk: u64, ret: i
     }
     let cur = Current::get();
     if cfg!(feature = "no-start") {
-        send_event(ctx, &cur, kind, 0, ret);
+        send_event(ctx, &cur, kind, now(), ret);
         return;
     }
     // SAFETY: a value of our own map; only this thread writes its own entry.
@@ -223,6 +228,11 @@ pub fn socklat_sock_recv_length(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn call_entry(sk: u64) {
     let ts = now();
+    if cfg!(feature = "no-start") {
+        // The variant without the per-thread store keeps the clock read.
+        core::hint::black_box(ts);
+        return;
+    }
     per_thread::store(&CALL_START, &Current::get(), |s| {
         s.ts = ts;
         s.sk = sk;
@@ -235,6 +245,10 @@ fn call_entry(sk: u64) {
 #[inline(always)]
 fn call_exit(ctx: &impl EbpfContext, kind: EventKind, ret: i32) {
     let cur = Current::get();
+    if cfg!(feature = "no-start") {
+        send_event(ctx, &cur, kind, now(), ret);
+        return;
+    }
     // SAFETY: a value of our own map; only this thread writes its own entry.
     let Some(start) = per_thread::get(&CALL_START, &cur).map(|s| unsafe { &mut *s }) else {
         send_event(ctx, &cur, kind, 0, CALL_UNTIMED);
@@ -262,6 +276,24 @@ pub fn socklat_fentry_tcp_sendmsg(ctx: FEntryContext) -> i32 {
 pub fn socklat_fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
     // int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)
     let ret: i32 = ctx.arg(3);
+    call_exit(&ctx, EventKind::SendMsg, ret);
+    0
+}
+
+// Before Linux 6.5 (commit "splice, net: Use sendmsg(MSG_SPLICE_PAGES)" removed
+// `->sendpage`) sendfile and splice to a TCP socket send by `tcp_sendpage`, one call per
+// page, not by `tcp_sendmsg`: the daemon attaches these where the kernel has it, and counts
+// each call as a send.
+#[fentry(function = "tcp_sendpage")]
+pub fn socklat_fentry_tcp_sendpage(ctx: FEntryContext) -> i32 {
+    call_entry(ctx.arg(0));
+    0
+}
+
+#[fexit(function = "tcp_sendpage")]
+pub fn socklat_fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
+    // int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags)
+    let ret: i32 = ctx.arg(5);
     call_exit(&ctx, EventKind::SendMsg, ret);
     0
 }
@@ -305,6 +337,19 @@ pub fn socklat_kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn socklat_kretprobe_tcp_sendmsg(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    call_exit(&ctx, EventKind::SendMsg, ret);
+    0
+}
+
+#[kprobe]
+pub fn socklat_kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
+    call_entry(ctx.arg(0).unwrap_or(0));
+    0
+}
+
+#[kretprobe]
+pub fn socklat_kretprobe_tcp_sendpage(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
     call_exit(&ctx, EventKind::SendMsg, ret);
     0

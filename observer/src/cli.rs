@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::histograms::Histograms;
 use crate::probe_mode::ProbeMode;
 use crate::signal::Signal;
 use crate::units::{parse_duration, parse_ring_size};
@@ -27,6 +28,23 @@ pub struct Cli {
     /// Address to serve /metrics and /healthz on.
     #[arg(long, env = "SOCKLAT_LISTEN", default_value = "0.0.0.0:9640")]
     pub listen: SocketAddr,
+
+    /// Buckets of the duration histograms: `classic` (94 `_bucket` series each), `native`
+    /// (Prometheus native histograms, served in the protobuf format; no `_bucket` series
+    /// in either format) or `both` (native buckets in protobuf, classic buckets in both).
+    #[arg(long, env = "SOCKLAT_HISTOGRAMS", value_enum, default_value_t = Histograms::Both)]
+    pub histograms: Histograms,
+
+    /// Web configuration file in the Prometheus exporter-toolkit format: TLS
+    /// (`tls_server_config`) and basic authentication (`basic_auth_users`, bcrypt hashes)
+    /// of the listener; re-read when it or the files it names change.
+    #[arg(long = "web.config.file", env = "SOCKLAT_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Also serve /healthz (only) on this address, plain HTTP without authentication: for
+    /// kubelet probes when the main listener requires TLS client certificates.
+    #[arg(long = "web.healthz-listen", env = "SOCKLAT_WEB_HEALTHZ_LISTEN")]
+    pub healthz_listen: Option<SocketAddr>,
 
     /// Probe mode: `auto` picks the best that loads and attaches, per signal.
     #[arg(long, env = "SOCKLAT_PROBE_MODE", value_enum, default_value_t = ProbeMode::Auto)]
@@ -121,6 +139,27 @@ mod tests {
         assert!(c.command.is_none());
         assert_eq!(c.cgroup_root, None);
         assert_eq!(c.kubelet_log_dir, None);
+        assert_eq!(c.histograms, Histograms::Both);
+        assert_eq!(c.web_config_file, None);
+        assert_eq!(c.healthz_listen, None);
+    }
+
+    #[test]
+    fn web_flags() {
+        let c = parse(&[
+            "--histograms",
+            "native",
+            "--web.config.file",
+            "/etc/socklat/web.yml",
+            "--web.healthz-listen",
+            "0.0.0.0:9641",
+        ])
+        .unwrap();
+        assert_eq!(c.histograms, Histograms::Native);
+        assert_eq!(c.web_config_file, Some("/etc/socklat/web.yml".into()));
+        assert_eq!(c.healthz_listen, Some("0.0.0.0:9641".parse().unwrap()));
+        let e = parse(&["--histograms", "sparse"]).unwrap_err().to_string();
+        assert!(e.contains("--histograms"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,24 @@ fn raise_memlock() {
     }
 }
 
+/// The server keeps up to `Limits::max_connections` connections next to a ring per
+/// cgroup: raise the soft open-file limit to the hard one.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) != 0 {
+                log::debug!("could not raise RLIMIT_NOFILE");
+            }
+        }
+    }
+}
+
 /// Why BPF may be refused: the capabilities this process lacks, else a seccomp filter
 /// (`Seccomp: 2` in /proc/self/status).
 fn refusal_hint() -> Option<String> {
@@ -96,6 +114,82 @@ fn print_check(cli: &Cli, cgroup_root: &std::path::Path, loaded: &load::Loaded) 
     }
 }
 
+/// Serves `/metrics` (and `/healthz` on its own listener when asked) until SIGTERM or
+/// SIGINT.
+fn serve_until_stopped(
+    cli: &Cli,
+    handle: &Arc<collector::Handle>,
+    listener: std::net::TcpListener,
+    healthz_listener: Option<std::net::TcpListener>,
+    web: Option<Arc<crate::server::WebState>>,
+) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io("tokio runtime", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::Io("set_nonblocking", e))?;
+    let addr = cli.listen;
+    let scheme = if web.as_ref().is_some_and(|w| w.tls()) {
+        "https"
+    } else {
+        "http"
+    };
+    let settings = crate::server::Settings {
+        web,
+        ..crate::server::Settings::plain(cli.histograms)
+    };
+    rt.block_on(async {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| Error::Io("listener", e))?;
+        log::info!(
+            "serving /metrics and /healthz on {scheme}://{addr} (histograms: {})",
+            cli.histograms.name()
+        );
+        let source = Arc::clone(handle) as Arc<dyn crate::server::Source>;
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            Arc::clone(&source),
+            settings,
+        ));
+        let healthz = match healthz_listener {
+            Some(l) => {
+                l.set_nonblocking(true)
+                    .map_err(|e| Error::Io("set_nonblocking", e))?;
+                let l = tokio::net::TcpListener::from_std(l)
+                    .map_err(|e| Error::Io("healthz listener", e))?;
+                log::info!(
+                    "serving /healthz on http://{}",
+                    cli.healthz_listen
+                        .map_or_else(String::new, |a| a.to_string())
+                );
+                Some(tokio::spawn(crate::server::serve(
+                    l,
+                    source,
+                    crate::server::Settings {
+                        routes: crate::server::Routes::HealthOnly,
+                        ..crate::server::Settings::plain(cli.histograms)
+                    },
+                )))
+            }
+            None => None,
+        };
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::Io("signal handler", e))?;
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => log::info!("SIGINT: stopping"),
+        }
+        server.abort();
+        if let Some(h) = healthz {
+            h.abort();
+        }
+        Ok::<(), Error>(())
+    })?;
+    Ok(())
+}
+
 /// Runs the daemon; returns the process exit code.
 ///
 /// # Errors
@@ -116,7 +210,21 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
             })?,
         )
     };
+    // The web configuration, strictly, before anything is loaded: a bad one is one line.
+    let web = cli
+        .web_config_file
+        .as_deref()
+        .map(crate::server::WebState::load)
+        .transpose()?
+        .map(Arc::new);
+    let healthz_listener = match (cli.check, cli.healthz_listen) {
+        (false, Some(addr)) => Some(
+            std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?,
+        ),
+        _ => None,
+    };
     raise_memlock();
+    raise_nofile();
     let mut loaded =
         load::load(cli, shared_ring_size(cli.ring_size)).map_err(classify_load_error)?;
     let missing: Vec<String> = loaded
@@ -170,32 +278,8 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
     )?;
     let handle = Arc::new(handle);
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Io("tokio runtime", e))?;
     let listener = listener.expect("bound unless --check");
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::Io("set_nonblocking", e))?;
-    let addr = cli.listen;
-    rt.block_on(async {
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(|e| Error::Io("listener", e))?;
-        log::info!("serving /metrics and /healthz on http://{addr}");
-        let server = tokio::spawn(crate::server::serve(
-            listener,
-            Arc::clone(&handle) as Arc<dyn crate::server::Source>,
-        ));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| Error::Io("signal handler", e))?;
-        tokio::select! {
-            _ = term.recv() => log::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => log::info!("SIGINT: stopping"),
-        }
-        server.abort();
-        Ok::<(), Error>(())
-    })?;
+    serve_until_stopped(cli, &handle, listener, healthz_listener, web)?;
     handle.stop();
     let _ = collector.join();
     // Dropping the object detaches every program and frees the maps.

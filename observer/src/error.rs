@@ -17,6 +17,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The web configuration file cannot be used.
+    #[error(transparent)]
+    WebConfig(#[from] crate::server::web_config::WebConfigError),
     /// The object could not be loaded (not a matter of privileges).
     #[cfg(feature = "ebpf")]
     #[error(transparent)]

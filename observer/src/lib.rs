@@ -9,6 +9,8 @@
 
 // Shared types and value parsers.
 pub mod error;
+pub mod histograms;
+pub mod http_client;
 pub mod idmap;
 pub mod labels;
 pub mod probe_mode;

@@ -70,23 +70,23 @@ pub fn free_port() -> u16 {
 /// # Errors
 /// When the server cannot be reached or the exchange fails.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
+    let r = http_fetch(addr, "GET", path, &[])?;
+    Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+}
+
+/// One request with `Connection: close` and `headers`; the whole response.
+///
+/// # Errors
+/// When the server cannot be reached or the exchange fails.
+pub fn http_fetch(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<crate::http_client::Response> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
+    let mut all = vec![("Connection", "close")];
+    all.extend_from_slice(headers);
+    crate::http_client::request(&mut s, method, "test", path, &all)
 }

@@ -1,5 +1,6 @@
 //! Hostile input: the command line, the cgroup path parser, mountinfo, the exposition
-//! parser, the BTF reader and the event decoder fed many generated inputs (deterministic, so
+//! parser, the BTF reader, the event decoder, the scrape negotiation, the HTTP client's
+//! response reader and the web configuration reader fed many generated inputs (deterministic, so
 //! a failure reproduces): no panic, and every error is one line that names the problem.
 //! Needs no root.
 
@@ -180,4 +181,98 @@ fn btf_reader_takes_any_bytes() {
             assert!(!e.to_string().contains('\n'), "{e}");
         }
     }
+}
+
+#[test]
+fn negotiation_takes_any_header() {
+    use observer::server::negotiate::{format, gzip};
+    let mut r = Rng(0xacce);
+    let parts = [
+        "application/vnd.google.protobuf",
+        "proto=io.prometheus.client.MetricFamily",
+        "encoding=delimited",
+        "text/plain",
+        "*/*",
+        "gzip",
+        "q=",
+        "q=0",
+        "q=0.5",
+        "q=NaN",
+        "q=inf",
+        ";",
+        ",",
+        "=",
+        " ",
+        "\"",
+    ];
+    for _ in 0..20_000 {
+        let n = r.below(10);
+        let h: String = (0..n).map(|_| r.pick(&parts)).collect();
+        let _ = format(Some(&h));
+        let _ = gzip(Some(&h));
+    }
+}
+
+#[test]
+fn http_client_takes_any_response() {
+    use observer::http_client::read_response;
+    let mut r = Rng(0x4e57);
+    let parts = [
+        "HTTP/1.1 200 OK\r\n",
+        "Content-Length: 3\r\n",
+        "Content-Length: x\r\n",
+        "Transfer-Encoding: chunked\r\n",
+        "\r\n",
+        "3\r\nabc\r\n",
+        "0\r\n\r\n",
+        "ffffffffffffffffff\r\n",
+        "fffffffffff\r\n",
+        "Content-Length: 99999999999\r\n",
+        "abc",
+        ":",
+        "\n",
+    ];
+    for _ in 0..20_000 {
+        let n = r.below(8);
+        let text: String = (0..n).map(|_| r.pick(&parts)).collect();
+        let mut bytes = text.as_bytes();
+        if let Err(e) = read_response(&mut bytes, false) {
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+}
+
+#[test]
+fn web_config_reader_takes_any_yaml() {
+    let mut r = Rng(0x3eb);
+    let parts = [
+        "tls_server_config:\n",
+        "basic_auth_users:\n",
+        "http_server_config:\n",
+        "  cert_file: a\n",
+        "  key_file: b\n",
+        "  client_auth_type: RequireAndVerifyClientCert\n",
+        "  min_version: TLS13\n",
+        "  u: $2y$04$x\n",
+        "  headers:\n",
+        "    X-Frame-Options: deny\n",
+        "- x\n",
+        "{",
+        ": ",
+        "\n",
+    ];
+    let dir = std::env::temp_dir().join(format!("socklat-hostile-web-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("web.yml");
+    for _ in 0..2_000 {
+        let n = r.below(8);
+        let text: String = (0..n).map(|_| r.pick(&parts)).collect();
+        std::fs::write(&path, &text).unwrap();
+        if let Err(e) = observer::server::web_config::load(&path) {
+            let line = observer::report::chain(&e);
+            assert!(line.contains("web.yml"), "{text:?}: {line}");
+            assert!(!line.contains('\n'), "one line: {line}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

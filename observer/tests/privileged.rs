@@ -585,29 +585,52 @@ fn bad_input_and_unavailable_modes_fail_with_one_clear_line() {
     }
 }
 
-/// Our programs currently loaded in the kernel (names are cut to 15 characters).
-fn socklat_programs() -> usize {
-    let out = std::process::Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool (installed by .ci/run) lists loaded programs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(" name socklat_"))
-        .count()
+/// The ids of the BPF objects (`prog_id` or `map_id` lines of /proc/PID/fdinfo) that the
+/// process `pid` holds: what identifies its programs and maps among those of other socklat
+/// instances on the same host.
+fn bpf_ids_of(pid: u32, key: &str) -> Vec<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = fds
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
-/// Waits up to `secs` for every program of ours to be gone (the kernel frees programs
-/// shortly after their last reference closes).
-fn programs_gone_within(secs: u64) -> bool {
+/// Which of `ids` are still loaded programs.
+fn loaded(ids: &[u32]) -> Vec<u32> {
+    let all = observer::kernel::prog_info::all().expect("list BPF programs");
+    ids.iter()
+        .copied()
+        .filter(|id| all.iter().any(|p| p.id == *id))
+        .collect()
+}
+
+/// Waits up to `secs` for the programs `ids` to be gone (the kernel frees programs shortly
+/// after their last reference closes).
+fn programs_gone_within(ids: &[u32], secs: u64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
-        if socklat_programs() == 0 {
+        if loaded(ids).is_empty() {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// The programs a running daemon holds (at least the attached probes).
+fn programs_of(d: &Daemon) -> Vec<u32> {
+    let ids = bpf_ids_of(d.child.id(), "prog_id:");
+    assert!(ids.len() >= 5, "probes not loaded: {ids:?}");
+    ids
 }
 
 /// SIGTERM and SIGINT stop the daemon within a second with every probe detached; after
@@ -622,17 +645,17 @@ fn shutdown_leaves_no_probe_behind_and_restart_works() {
         eprintln!("skipped in the kernel-matrix guest: needs bpftool");
         return;
     }
-    assert!(
-        programs_gone_within(5),
-        "programs of an earlier daemon are still loaded"
-    );
     let mut d = Daemon::start(&["--probe-mode", &common::mode()]);
-    assert!(socklat_programs() >= 5, "probes not loaded");
+    let progs = programs_of(&d);
     let took = d.terminate();
     assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
-    assert!(programs_gone_within(2), "programs left after SIGTERM");
+    assert!(
+        programs_gone_within(&progs, 2),
+        "programs left after SIGTERM"
+    );
 
     let d = Daemon::start(&["--probe-mode", &common::mode()]);
+    let progs = programs_of(&d);
     let t = Instant::now();
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(i32::try_from(d.child.id()).unwrap(), libc::SIGINT) };
@@ -644,12 +667,19 @@ fn shutdown_leaves_no_probe_behind_and_restart_works() {
         t.elapsed()
     );
     assert!(status.success(), "exit after SIGINT: {status}");
-    assert!(programs_gone_within(2), "programs left after SIGINT");
+    assert!(
+        programs_gone_within(&progs, 2),
+        "programs left after SIGINT"
+    );
 
     let mut d = Daemon::start(&["--probe-mode", &common::mode()]);
+    let progs = programs_of(&d);
     d.child.kill().unwrap();
     let _ = d.child.wait();
-    assert!(programs_gone_within(5), "programs left after SIGKILL");
+    assert!(
+        programs_gone_within(&progs, 5),
+        "programs left after SIGKILL"
+    );
 
     let d = Daemon::start(&["--probe-mode", &common::mode()]);
     let m = d.scrape();
@@ -659,10 +689,23 @@ fn shutdown_leaves_no_probe_behind_and_restart_works() {
     );
 }
 
-/// Cgroup ids that have a ring in the kernel's `CGROUP_RINGS` map.
-fn kernel_ring_keys() -> Vec<u64> {
+/// Cgroup ids that have a ring in the `CGROUP_RINGS` map of the daemon `d`.
+fn kernel_ring_keys(d: &Daemon) -> Vec<u64> {
+    let show = |id: u32| {
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "show", "id", &id.to_string()])
+            .output()
+            .expect("bpftool (installed by .ci/run)");
+        String::from_utf8_lossy(&out.stdout).contains(" name CGROUP_RINGS ")
+    };
+    let Some(id) = bpf_ids_of(d.child.id(), "map_id:")
+        .into_iter()
+        .find(|id| show(*id))
+    else {
+        panic!("the daemon holds no CGROUP_RINGS map");
+    };
     let out = std::process::Command::new("bpftool")
-        .args(["map", "dump", "name", "CGROUP_RINGS", "-j"])
+        .args(["map", "dump", "id", &id.to_string(), "-j"])
         .output()
         .expect("bpftool");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -739,7 +782,7 @@ fn dead_cgroups_are_dropped_after_the_ttl() {
         let ids: Vec<u64> = cgs.iter().map(TestCgroup::id).collect();
         // Rings are installed off the event path, shortly after a cgroup's first events.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !ids.iter().all(|id| kernel_ring_keys().contains(id)) {
+        while !ids.iter().all(|id| kernel_ring_keys(&daemon).contains(id)) {
             assert!(
                 Instant::now() < deadline,
                 "round {round}: rings not installed"
@@ -754,7 +797,7 @@ fn dead_cgroups_are_dropped_after_the_ttl() {
             let gone = labels
                 .iter()
                 .all(|l| !text.contains(&format!("cgroup=\"{l}\"")));
-            let keys = kernel_ring_keys();
+            let keys = kernel_ring_keys(&daemon);
             if gone && ids.iter().all(|id| !keys.contains(id)) {
                 break;
             }
@@ -817,7 +860,7 @@ fn drops_every_capability_but_cap_bpf_after_attaching() {
         eprintln!("no bpftool in the guest: ring creation after the drop checked on the host");
     } else {
         assert!(
-            kernel_ring_keys().contains(&cg.id()),
+            kernel_ring_keys(&daemon).contains(&cg.id()),
             "the new cgroup got no ring of its own"
         );
     }

@@ -32,8 +32,9 @@ pub struct Opts {
     /// Extra daemon flags for the socklat runs (e.g. "--ring-size 64K").
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub daemon_args: String,
-    /// Parts to run: kernel-cost, throughput, conntrack, connect, faults, pipeline, memory
-    /// (comma separated).
+    /// Parts to run: kernel-cost, throughput, conntrack, connect, faults, pipeline, memory,
+    /// scrape (comma separated; scrape is not in the default set: it makes 1000 cgroups
+    /// three times).
     #[arg(
         long,
         value_delimiter = ',',
@@ -44,6 +45,14 @@ pub struct Opts {
     /// one of these (comma separated; default all).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
+    /// For the kernel-cost part: a daemon binary of another build (e.g. the previous
+    /// release), measured with its own embedded object in the same rounds.
+    #[arg(long)]
+    pub cost_baseline: Option<PathBuf>,
+    /// For the scrape part: a daemon binary of another build (e.g. the previous release)
+    /// whose text scrape is measured next to this build's, on the same cgroups.
+    #[arg(long)]
+    pub scrape_baseline: Option<PathBuf>,
 }
 
 /// One line of the report table.
@@ -90,14 +99,22 @@ fn under_observers(
                 "bpftrace" => Observer::Bpftrace(start_bpftrace()?),
                 _ => Observer::None,
             };
+            // Losses count from the start; rates and CPU after a warm-up (steady state:
+            // rings grown, bpftrace's maps populated), the same for every condition.
+            let lost_before = match &obs {
+                Observer::Socklat(d) => event_counts(&scrape(d.addr())).1,
+                _ => 0.0,
+            };
+            let _ = pinned_rr_load(WARM_UP_SECONDS);
             let before = match &obs {
                 Observer::Socklat(d) => {
-                    Some((event_counts(&scrape(d.addr())), cpu_seconds(d.pid())))
+                    Some((event_counts(&scrape(d.addr())).0, cpu_seconds(d.pid())))
                 }
                 _ => None,
             };
             let r = load();
-            if let (Observer::Socklat(d), Some(((e0, l0), c0))) = (&obs, before) {
+            if let (Observer::Socklat(d), Some((e0, c0))) = (&obs, before) {
+                let l0 = lost_before;
                 let (e1, l1) = event_counts(&scrape(d.addr()));
                 let cpu = cpu_seconds(d.pid()) - c0;
                 #[expect(clippy::cast_precision_loss, reason = "seconds")]
@@ -163,7 +180,7 @@ fn throughput(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
 
 /// What a variant of the kernel object stands for in the kernel-cost tables.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Part {
+pub enum Part {
     /// The object socklat loads (task-local storage).
     Shipped,
     /// The object it falls back to (LRU hash), the shipped one's per-thread form replaced.
@@ -178,7 +195,7 @@ enum Part {
 
 /// The variants of the kernel object the kernel-cost part measures: (name, features of
 /// observer-ebpf besides `task-storage`, part). The first is the shipped object.
-const COST_VARIANTS: &[(&str, &[&str], Part)] = &[
+pub const COST_VARIANTS: &[(&str, &[&str], Part)] = &[
     ("socklat", &[], Part::Shipped),
     (
         "socklat, per-thread state in an LRU hash (Linux 5.10)",
@@ -224,6 +241,47 @@ const COST_VARIANTS: &[(&str, &[&str], Part)] = &[
     ),
 ];
 
+/// The variants whose name contains one of `filter` (all when empty), socklat's own object
+/// always first.
+pub fn cost_variants(
+    filter: &[String],
+) -> Vec<&'static (&'static str, &'static [&'static str], Part)> {
+    COST_VARIANTS
+        .iter()
+        .filter(|(name, _, part)| {
+            *part == Part::Shipped
+                || filter.is_empty()
+                || filter.iter().any(|v| name.contains(v.as_str()))
+        })
+        .collect()
+}
+
+/// The object of a variant, built where it is not the shipped one (or its fallback).
+///
+/// # Errors
+/// When the build fails.
+pub fn variant_object(v: &(&str, &[&str], Part)) -> Result<PathBuf> {
+    let (name, features, part) = v;
+    match part {
+        Part::Shipped => Ok(crate::build::ebpf_task_storage_object()),
+        Part::Fallback => Ok(crate::build::ebpf_object()),
+        _ => {
+            let mut f = features.to_vec();
+            f.push("task-storage");
+            crate::build::build_ebpf_variant(&variant_slug(name), &f)
+        }
+    }
+}
+
+/// A variant's name without spaces (its build directory, and its name in the guests).
+#[must_use]
+pub fn variant_slug(name: &str) -> String {
+    name.replace([' ', ','], "-").replace("--", "-")
+}
+
+/// Seconds of load before a measured run under socklat.
+pub const WARM_UP_SECONDS: u64 = 2;
+
 /// What one pinned run of a variant cost: ns per run of the `sys_enter` hook, of the
 /// `sock_*_length` programs, ns per observed socket call, and the ping-pong rate.
 #[derive(Clone, Copy, Default)]
@@ -232,34 +290,57 @@ struct Cost {
     length_ns: f64,
     per_call_ns: f64,
     rate: f64,
+    /// The ping-pong rate without observer, measured just before.
+    none: f64,
+    /// IRQ-work interrupts per second (ring buffer wakeups are IRQ work).
+    irq_work: f64,
 }
 
-/// Runs the pinned ping-pong once under socklat with `object`; reads the kernel's own
-/// accounting of our programs around it.
-fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
-    let obj = object.to_string_lossy();
-    let daemon = Socklat::start(
-        bin,
-        &[
-            "--probe-mode",
-            "tracepoint",
-            "--signals",
-            "sendmsg,recvmsg",
-            "--ebpf-object",
-            &obj,
-        ],
-    )?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
+/// IRQ-work interrupts so far, all CPUs (the `IWI` line of /proc/interrupts).
+fn irq_work_interrupts() -> u64 {
+    std::fs::read_to_string("/proc/interrupts")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let rest = l.trim_start().strip_prefix("IWI:")?;
+            Some(
+                rest.split_whitespace()
+                    .map_while(|w| w.parse::<u64>().ok())
+                    .sum(),
+            )
+        })
+        .unwrap_or(0)
+}
+
+/// Runs the pinned ping-pong once without observer, then under socklat with `object`; reads
+/// the kernel's own accounting of our programs around the second.
+fn cost_run(o: &Opts, bin: &Path, object: Option<&Path>) -> Result<Cost> {
+    let none = pinned_rr_load(o.seconds);
+    let obj = object.map(|p| p.to_string_lossy().into_owned());
+    let mut args = vec!["--probe-mode", "tracepoint", "--signals", "sendmsg,recvmsg"];
+    if let Some(obj) = &obj {
+        args.extend(["--ebpf-object", obj]);
+    }
+    let daemon = Socklat::start(bin, &args)?;
+    // Steady state first: a cgroup's ring starts small and grows while its load runs (each
+    // growth a wakeup and an install); a long-running daemon has long grown it.
+    let _ = pinned_rr_load(WARM_UP_SECONDS);
     let before = bpfstats::snapshot()?;
+    let iwi = irq_work_interrupts();
     let rate = pinned_rr_load(o.seconds);
+    let iwi = irq_work_interrupts() - iwi;
     let after = bpfstats::snapshot()?;
     daemon.stop();
     let spent = bpfstats::between(&before, &after);
-    // The kernel keeps 15 bytes of a program's name: "socklat_sys_ent", "socklat_btf_soc"
-    // (send and receive together).
-    let get = |name: &str| spent.get(&name[..15]).copied().unwrap_or((0, 0));
-    let (enter_t, enter_n) = get(programs::SYS_ENTER);
-    let (len_t, len_n) = get(programs::BTF_SOCK_SEND_LENGTH);
+    // The kernel keeps 15 bytes of a program's name: "socklat_sys_ent", and the programs at
+    // the end of a socket call ("socklat_btf_soc", send and receive together; another
+    // build's may have other names).
+    let enter_name = &programs::SYS_ENTER[..15];
+    let (enter_t, enter_n) = spent.get(enter_name).copied().unwrap_or((0, 0));
+    let (len_t, len_n) = spent
+        .iter()
+        .filter(|(name, _)| name.starts_with("socklat_") && name.as_str() != enter_name)
+        .fold((0, 0), |(t, n), (_, (t1, n1))| (t + t1, n + n1));
     #[expect(clippy::cast_precision_loss, reason = "ns and run counts")]
     let per = |t: u64, n: u64| {
         if n == 0 {
@@ -273,6 +354,9 @@ fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
         length_ns: per(len_t, len_n),
         per_call_ns: per(enter_t + len_t, len_n),
         rate,
+        none,
+        #[expect(clippy::cast_precision_loss, reason = "interrupt counts")]
+        irq_work: iwi as f64 / o.seconds as f64,
     })
 }
 
@@ -281,37 +365,24 @@ fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
 /// without one step of its programs, and for the floor (the least the job needs), side by
 /// side, interleaved round by round; next to the ping-pong rate without any observer.
 fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<String>) -> Result<()> {
-    let variants: Vec<&(&str, &[&str], Part)> = COST_VARIANTS
+    let variants = cost_variants(&o.variants);
+    // (name, daemon, object): the variants with this build's daemon, then the baseline.
+    let mut runs: Vec<(String, PathBuf, Option<PathBuf>)> = variants
         .iter()
-        .filter(|(name, _, part)| {
-            *part == Part::Shipped
-                || o.variants.is_empty()
-                || o.variants.iter().any(|v| name.contains(v.as_str()))
-        })
-        .collect();
-    let objects: Vec<PathBuf> = variants
-        .iter()
-        .map(|(name, features, part)| match part {
-            Part::Shipped => Ok(crate::build::ebpf_task_storage_object()),
-            Part::Fallback => Ok(crate::build::ebpf_object()),
-            _ => {
-                let mut f = features.to_vec();
-                f.push("task-storage");
-                crate::build::build_ebpf_variant(&name.replace(' ', "-"), &f)
-            }
-        })
+        .map(|v| Ok((v.0.to_string(), bin.to_path_buf(), Some(variant_object(v)?))))
         .collect::<Result<_>>()?;
+    if let Some(b) = &o.cost_baseline {
+        runs.push((format!("baseline: {}", b.display()), b.clone(), None));
+    }
     let _stats = bpfstats::StatsEnabled::on()?;
-    let mut none = Vec::new();
-    let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); variants.len()];
+    let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); runs.len()];
     for round in 0..o.rounds {
-        none.push(pinned_rr_load(o.seconds));
-        for (i, obj) in objects.iter().enumerate() {
-            let c = cost_run(o, bin, obj)?;
+        for (i, (name, daemon, obj)) in runs.iter().enumerate() {
+            let c = cost_run(o, daemon, obj.as_deref())?;
             step(&format!(
                 "round {} {}: {:.0} ns/call ({:.0} + {:.0} ns/run), {:.0} round trips/s",
                 round + 1,
-                variants[i].0,
+                name,
                 c.per_call_ns,
                 c.enter_ns,
                 c.length_ns,
@@ -320,21 +391,21 @@ fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<Strin
             costs[i].push(c);
         }
     }
-    let base = median(none);
     let med = |v: &[Cost], f: fn(&Cost) -> f64| median(v.iter().map(f).collect());
     let mut t = String::from(
-        "| kernel object (tracepoint mode) | sys_enter ns/run | sock_*_length ns/run | ns per observed socket call | pinned ping-pong / none |\n|---|---|---|---|---|\n",
+        "| kernel object (tracepoint mode) | sys_enter ns/run | sock_*_length ns/run | ns per observed socket call | pinned ping-pong / none (bpf_stats on) | IRQ-work interrupts/s |\n|---|---|---|---|---|---|\n",
     );
     let per_call: Vec<f64> = costs.iter().map(|c| med(c, |c| c.per_call_ns)).collect();
-    for (i, (name, ..)) in variants.iter().enumerate() {
+    for (i, (name, ..)) in runs.iter().enumerate() {
         let _ = std::fmt::Write::write_fmt(
             &mut t,
             format_args!(
-                "| {name} | {:.0} | {:.0} | {:.0} | {:.3} |\n",
+                "| {name} | {:.0} | {:.0} | {:.0} | {:.3} | {:.0} |\n",
                 med(&costs[i], |c| c.enter_ns),
                 med(&costs[i], |c| c.length_ns),
                 per_call[i],
-                med(&costs[i], |c| c.rate) / base
+                med(&costs[i], |c| c.rate / c.none),
+                med(&costs[i], |c| c.irq_work),
             ),
         );
     }
@@ -373,6 +444,13 @@ fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<Strin
         name: "  the floor program, same run".into(),
         value: format!("{floor:.0} ns ({:.2}x)", per_call[0] / floor),
     });
+    if o.cost_baseline.is_some() {
+        let b = per_call[runs.len() - 1];
+        rows.push(Row {
+            name: "  the baseline build, same run".into(),
+            value: format!("{b:.0} ns (this build: {:.2}x of it)", per_call[0] / b),
+        });
+    }
     Ok(())
 }
 
@@ -510,6 +588,143 @@ fn memory(bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// Scrape size and time per `--histograms` setting, format and compression, at 1, 100 and
+/// 1000 active cgroups: one daemon per setting (tracepoint mode, all signals), the same
+/// cgroups' traffic seen by all three; the median of `--rounds` scrapes (at least 5).
+fn scrape_sizes(o: &Opts, bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
+    use crate::load::scrape::{ACCEPT_PROTOBUF, ACCEPT_TEXT, measure};
+    let cg_root = PathBuf::from(cgroup2_root()?);
+    let server = EchoServer::start(64);
+    let settings = ["classic", "native", "both"];
+    // (setting, format, accept): what each kind of scraper gets from each setting.
+    let formats = [("text", ACCEPT_TEXT), ("protobuf", ACCEPT_PROTOBUF)];
+    let mut per_cgroup: Vec<(String, f64)> = Vec::new();
+    let mut first: Vec<(f64, f64)> = Vec::new();
+    for n in [1usize, 100, 1000] {
+        let mut daemons = scrape_daemons(bin, &settings)?;
+        let baseline = match &o.scrape_baseline {
+            Some(b) => Some(Socklat::start(
+                b,
+                &["--probe-mode", "tracepoint", "--window", "10m"],
+            )?),
+            None => None,
+        };
+        let dirs = cgroups::make_active(&cg_root, n, server.addr())?;
+        // Every cgroup's path resolved and its events drained.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let mut series_here = Vec::new();
+        for (h, d) in settings.iter().zip(daemons.iter_mut()) {
+            let tracked = metric_sum(&scrape(d.addr()), Family::CgroupsTracked);
+            for (format, accept) in formats {
+                for gzip in [false, true] {
+                    let runs = match (0..o.rounds.max(5))
+                        .map(|_| measure(d.addr(), accept, gzip))
+                        .collect::<Result<Vec<_>>>()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            cgroups::remove_all(&dirs);
+                            bail!(
+                                "--histograms {h}: {e:#} (daemon exit status: {:?})",
+                                d.exited()
+                            );
+                        }
+                    };
+                    let ms = median(runs.iter().map(|m| m.ms).collect());
+                    let m = &runs[runs.len() - 1];
+                    let gz = if gzip { "gzip" } else { "plain" };
+                    step(&format!(
+                        "{n} cgroups (tracked {tracked}), --histograms {h}, {format}, {gz}: \
+                         {} bytes on the wire ({} decompressed), {} series, {ms:.1} ms",
+                        m.wire, m.plain, m.series
+                    ));
+                    rows.push(Row {
+                        name: format!(
+                            "scrape, {n} active cgroups, --histograms {h}, {format}, {gz}"
+                        ),
+                        value: format!("{} B, {} series, {ms:.1} ms", m.wire, m.series),
+                    });
+                    if !gzip {
+                        #[expect(clippy::cast_precision_loss, reason = "series counts")]
+                        series_here.push((
+                            format!("--histograms {h}, {format}"),
+                            m.series as f64,
+                            tracked,
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(b) = baseline {
+            baseline_scrape(o, n, &b, rows)?;
+            b.stop();
+        }
+        for d in daemons {
+            d.stop();
+        }
+        cgroups::remove_all(&dirs);
+        if n == 1 {
+            first = series_here.iter().map(|s| (s.1, s.2)).collect();
+        } else if n == 1000 {
+            per_cgroup = series_here
+                .iter()
+                .zip(&first)
+                .map(|((name, s, tracked), (s1, t1))| {
+                    (name.clone(), (s - s1) / (tracked - t1).max(1.0))
+                })
+                .collect();
+        }
+    }
+    server.stop();
+    for (name, per) in per_cgroup {
+        rows.push(Row {
+            name: format!("series per active cgroup (1000 vs 1 cgroups), {name}"),
+            value: format!("{per:.1}"),
+        });
+    }
+    Ok(())
+}
+
+/// One daemon per `--histograms` setting, tracepoint mode, with a window longer than the
+/// run (every cgroup keeps its quantile series throughout).
+fn scrape_daemons(bin: &Path, settings: &[&str]) -> Result<Vec<Socklat>> {
+    settings
+        .iter()
+        .map(|h| {
+            Socklat::start(
+                bin,
+                &[
+                    "--probe-mode",
+                    "tracepoint",
+                    "--window",
+                    "10m",
+                    "--histograms",
+                    h,
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The text scrape of a baseline build (`--scrape-baseline`), measured like the others.
+fn baseline_scrape(o: &Opts, n: usize, b: &Socklat, rows: &mut Vec<Row>) -> Result<()> {
+    use crate::load::scrape::{ACCEPT_TEXT, measure};
+    let runs = (0..o.rounds.max(5))
+        .map(|_| measure(b.addr(), ACCEPT_TEXT, true))
+        .collect::<Result<Vec<_>>>()?;
+    let ms = median(runs.iter().map(|m| m.ms).collect());
+    let m = &runs[runs.len() - 1];
+    step(&format!(
+        "{n} cgroups, baseline build, text: {} bytes on the wire, {} series, {ms:.1} ms",
+        m.wire, m.series
+    ));
+    rows.push(Row {
+        name: format!("scrape, {n} active cgroups, baseline build (text, no gzip)"),
+        value: format!("{} B, {} series, {ms:.1} ms", m.wire, m.series),
+    });
+    Ok(())
+}
+
 /// Runs the benchmarks and prints a table.
 pub fn bench(o: &Opts) -> Result<()> {
     if !is_root() {
@@ -558,6 +773,9 @@ pub fn bench(o: &Opts) -> Result<()> {
     }
     if want("memory") {
         memory(&bin, &mut rows)?;
+    }
+    if want("scrape") {
+        scrape_sizes(o, &bin, &mut rows)?;
     }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(

@@ -167,10 +167,10 @@ pub fn userspace_target_dir() -> PathBuf {
 /// build it with the feature enabled (with `--ignore-rust-version` and `RUSTC_BOOTSTRAP`).
 const WORKAROUND_RUSTFLAGS: &str = "-Zcrate-attr=feature(result_option_map_or_default)";
 
-/// A cargo command for the daemon crate with the `ebpf` feature in `target_dir`, embedding
-/// `arch`'s kernel objects, with `rustflags` (if any) and the rust-version workaround applied
-/// only when the compiler needs it; built by `cross`'s compiler and linker when given.
-fn daemon_cargo(
+/// A cargo command in the workspace in `target_dir`, with `rustflags` (if any) and the
+/// rust-version workaround applied only when the compiler needs it; built by `cross`'s
+/// compiler and linker (for `arch`) when given.
+fn workspace_cargo(
     subcommand: &str,
     target_dir: PathBuf,
     arch: Arch,
@@ -200,8 +200,21 @@ fn daemon_cargo(
     if !flags.is_empty() {
         cmd.env("RUSTFLAGS", flags.join(" "));
     }
-    cmd.env("CARGO_TARGET_DIR", target_dir)
-        .env("SOCKLAT_EMBED_OBJECT", ebpf_object_for(arch))
+    cmd.env("CARGO_TARGET_DIR", target_dir);
+    cmd
+}
+
+/// A cargo command for the daemon crate with the `ebpf` feature in `target_dir`, embedding
+/// `arch`'s kernel objects (see [`workspace_cargo`]).
+fn daemon_cargo(
+    subcommand: &str,
+    target_dir: PathBuf,
+    arch: Arch,
+    cross: Option<&cross::Cross>,
+    rustflags: Option<&str>,
+) -> Command {
+    let mut cmd = workspace_cargo(subcommand, target_dir, arch, cross, rustflags);
+    cmd.env("SOCKLAT_EMBED_OBJECT", ebpf_object_for(arch))
         .env(
             "SOCKLAT_EMBED_OBJECT_TASK_STORAGE",
             ebpf_task_storage_object_for(arch),
@@ -229,6 +242,11 @@ pub fn build_daemon() -> Result<PathBuf> {
 /// Where the static builds of `arch` go (their flags differ from every other build's).
 fn static_target_dir(arch: Arch) -> PathBuf {
     root().join(format!("target/vm/build{}", arch.suffix()))
+}
+
+/// Static binaries for the host's architecture (see [`static_binaries_for`]).
+pub fn static_binaries() -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
+    static_binaries_for(Arch::host())
 }
 
 /// The test binaries the guests run.
@@ -276,6 +294,27 @@ pub fn static_binaries_for(arch: Arch) -> Result<(PathBuf, Vec<(String, PathBuf)
         bail!("static binaries for {arch} missing after the build");
     }
     Ok((daemon, tests))
+}
+
+/// xtask itself, static: the driver of `vm-bench` inside the guests.
+pub fn static_xtask() -> Result<PathBuf> {
+    step("building a static xtask for the guests");
+    let target_dir = static_target_dir(Arch::host());
+    run(workspace_cargo(
+        "build",
+        target_dir.clone(),
+        Arch::host(),
+        None,
+        Some("-C target-feature=+crt-static"),
+    )
+    .args([
+        "--release",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+        "-p",
+        "xtask",
+    ]))?;
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/xtask"))
 }
 
 /// The (name, executable) of every test target in cargo's JSON messages.

@@ -94,6 +94,22 @@ pub fn deploy_test() -> Result<()> {
     }
     step("cross-checks of the manifests (selectors, ports, probes, privileges, mounts)");
     run(deploy_py(&bin, "check").arg(deploy_dir()))?;
+    step("the tls-auth component applied and cross-checked (Secret mount, probes, ServiceMonitor)");
+    let patched = root().join("target/deploy-check/tls-auth");
+    run(deploy_py(&bin, "component").arg(deploy_dir()).arg(&patched))?;
+    for version in KUBERNETES_VERSIONS {
+        for m in ["daemonset.yaml", "networkpolicy.yaml"] {
+            let out = output(
+                Command::new(bin.join("kubernetes-validate"))
+                    .args(["--strict", "-k", version])
+                    .arg(patched.join(m)),
+            )?;
+            let text = both_streams(&out);
+            if !out.status.success() || !text.contains("passed") {
+                bail!("{m} with tls-auth does not validate against Kubernetes {version}:\n{text}");
+            }
+        }
+    }
     step("promtool check rules, promtool test rules (the alerts fire on injected series)");
     let prom = deploy_dir().join("prometheus");
     run(Command::new("promtool")

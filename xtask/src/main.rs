@@ -49,6 +49,12 @@ enum Cmd {
     /// The privileged tests on stock Debian kernels (5.10, 6.1, 6.12, 7.3; `x86_64` and `aarch64`
     /// guests) in QEMU, in every probe mode each supports; prints a kernel x mode table.
     VmTest(vm::Opts),
+    /// The kernel cost of each probe mode inside the kernel-matrix guests (QEMU TCG): the
+    /// pinned ping-pong socklat/none per mode in one boot, and ns per observed call.
+    VmBench(vm::bench::Opts),
+    /// (internal) the guest's half of vm-bench.
+    #[command(hide = true)]
+    GuestBench(vm::guest_bench::Opts),
     /// Benchmarks: overhead ratios measured side by side, pipeline rate, memory.
     Bench(bench::Opts),
     /// Soak: load plus cgroup churn for N minutes; reports the memory slope and scrape time.
@@ -93,6 +99,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench(o) => bench::bench(&o),
         Cmd::Soak(o) => soak::soak(&o),
         Cmd::VmTest(o) => vm::vm_test(&o),
+        Cmd::VmBench(o) => vm::bench::vm_bench(&o),
+        Cmd::GuestBench(o) => vm::guest_bench::run(&o),
         Cmd::BenchClient { addr, requests } => load::traffic::client(&addr, requests),
     }
 }

@@ -1,5 +1,6 @@
 //! Durations of one signal in one cgroup: an `HdrHistogram` per window slice for the
-//! sliding-window quantiles, plus cumulative Prometheus bucket counts since start.
+//! sliding-window quantiles, plus cumulative Prometheus bucket counts since start, both
+//! classic ([`BUCKETS_NS`]) and native ([`super::native`]), from the same events.
 //!
 //! The active slice records into one dense histogram; when time moves into a new slice it
 //! is sealed into a sparse list of (value, count) and reset. Quantiles merge the sealed
@@ -11,6 +12,7 @@ use std::collections::VecDeque;
 use hdrhistogram::Histogram;
 
 use super::SLICES;
+use super::native::NativeBuckets;
 
 /// Largest duration tracked exactly (100 s, in ns); longer calls are clamped and counted.
 pub const MAX_TRACKED_NS: u64 = 100_000_000_000;
@@ -49,6 +51,8 @@ pub struct DurationAgg {
     sealed: VecDeque<(u64, Vec<(u64, u32)>)>,
     /// Cumulative counts per bucket of [`BUCKETS_NS`], plus one for +Inf (last).
     buckets: Vec<u64>,
+    /// Native exponential buckets of the same events.
+    native: NativeBuckets,
     sum_ns: u128,
     count: u64,
     clamped: u64,
@@ -62,6 +66,7 @@ impl DurationAgg {
             active_epoch: epoch,
             sealed: VecDeque::new(),
             buckets: vec![0; BUCKETS_NS.len() + 1],
+            native: NativeBuckets::default(),
             sum_ns: 0,
             count: 0,
             clamped: 0,
@@ -114,6 +119,7 @@ impl DurationAgg {
         self.active.saturating_record(v);
         let b = BUCKETS_NS.partition_point(|&bound| bound < ns);
         self.buckets[b] += 1;
+        self.native.record(ns);
         self.sum_ns += u128::from(ns);
         self.count += 1;
     }
@@ -140,7 +146,9 @@ impl DurationAgg {
         Some(QUANTILES.map(|q| scratch.value_at_quantile(q)))
     }
 
-    /// Snapshot of the cumulative (since start) part.
+    /// Snapshot of the cumulative (since start) part: classic and native buckets, sum and
+    /// count, all of one moment (Prometheus refuses a whole scrape in which a native
+    /// histogram's buckets add up to more than its count).
     #[must_use]
     pub fn totals(&self) -> HistogramTotals {
         let mut cumulative = Vec::with_capacity(self.buckets.len());
@@ -153,6 +161,7 @@ impl DurationAgg {
         let sum_seconds = self.sum_ns as f64 / 1e9;
         HistogramTotals {
             cumulative,
+            native: self.native.clone(),
             sum_seconds,
             count: self.count,
         }
@@ -170,6 +179,8 @@ impl DurationAgg {
 pub struct HistogramTotals {
     /// Cumulative count at each bound of [`BUCKETS_NS`], then the +Inf count.
     pub cumulative: Vec<u64>,
+    /// Native buckets; their total equals `count`.
+    pub native: NativeBuckets,
     pub sum_seconds: f64,
     pub count: u64,
 }
@@ -262,6 +273,20 @@ mod tests {
         assert_eq!(agg.clamped(), 0);
         agg.record(MAX_TRACKED_NS + 1);
         assert_eq!(agg.clamped(), 1);
+        // The native buckets saw the same events, the clamped one included.
+        assert_eq!(agg.totals().native.total(), agg.totals().count);
+    }
+
+    #[test]
+    fn native_and_classic_buckets_agree_on_every_count() {
+        let mut rng = Rng(7);
+        let mut agg = DurationAgg::new(0);
+        for _ in 0..10_000 {
+            agg.record(rng.duration() / 3);
+        }
+        let t = agg.totals();
+        assert_eq!(t.native.total(), t.count);
+        assert_eq!(*t.cumulative.last().unwrap(), t.count);
     }
 
     #[test]

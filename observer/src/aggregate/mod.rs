@@ -9,6 +9,7 @@ mod cgroup;
 mod connections;
 mod duration;
 mod kernel_counts;
+pub mod native;
 mod pending;
 mod snapshot;
 
@@ -23,6 +24,7 @@ pub use duration::{
     BUCKETS_NS, DurationAgg, HistogramTotals, MAX_TRACKED_NS, QUANTILES, SIGFIGS, new_histogram,
 };
 pub use kernel_counts::{KernelCounts, Ledger};
+pub use native::NativeBuckets;
 pub use pending::{EARLY_RESET_MS, PendingCloses, SYNC_HOLD_MS, TIMEWAIT_HOLD_MS};
 pub use snapshot::{CallSnapshot, CgroupSnapshot, ConnSnapshot, DurationSnapshot};
 

@@ -1,11 +1,16 @@
 //! The exposition: what a scrape shows ([`Scrape`], plain data gathered by the collector),
-//! every metric's name and help ([`family`]), the streaming text writer ([`text`]), and
+//! every metric's name and help ([`family`]), the streaming writers of the text format
+//! ([`text`]) and of the protobuf format ([`protobuf`], on the messages of [`proto`]), and
 //! the one parser of the text format ([`parse`], used by `socklat top` and the tests).
 
 pub mod family;
 pub mod parse;
+pub mod proto;
+pub mod protobuf;
 #[cfg(test)]
-mod reference;
+mod protobuf_tests;
+#[cfg(test)]
+pub(crate) mod reference;
 pub mod text;
 
 use std::sync::Arc;
@@ -13,7 +18,7 @@ use std::sync::Arc;
 use observer_common::FaultCounts;
 
 pub use family::Family;
-pub use text::{render, stream};
+pub use text::{render, render_with, stream};
 
 use crate::aggregate::CgroupSnapshot;
 use crate::labels::Labels;

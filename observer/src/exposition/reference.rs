@@ -164,86 +164,85 @@ fn families(s: &Scrape) -> Vec<MetricFamily> {
     all
 }
 
+fn push(a: &mut crate::aggregate::Aggregator, ev: &observer_common::Event) {
+    a.push_shared(&ev.to_bytes(), crate::aggregate::Now::default());
+}
+
+/// A scrape of one cgroup with calls, faults (minor and major) and closed connections.
+pub(crate) fn scrape_with_traffic() -> Scrape {
+    let mut a = crate::aggregate::Aggregator::new(8, std::time::Duration::from_mins(1));
+    for i in 0..100u64 {
+        push(
+            &mut a,
+            &observer_common::Event {
+                cgroup_id: 42,
+                value: 10_000 + i * 1000,
+                kind: observer_common::EventKind::SendMsg as u32,
+                result: 10,
+            },
+        );
+    }
+    for (ns, result) in [
+        (2_000, 0),
+        (3_000, 0),
+        (900_000, observer_common::FAULT_MAJOR),
+    ] {
+        push(
+            &mut a,
+            &observer_common::Event {
+                cgroup_id: 42,
+                value: ns,
+                kind: observer_common::EventKind::PageFault as u32,
+                result,
+            },
+        );
+    }
+    for o in [Outcome::Normal, Outcome::Refused, Outcome::Normal] {
+        push(
+            &mut a,
+            &observer_common::Event {
+                cgroup_id: 42,
+                value: 0,
+                kind: observer_common::EventKind::ConnClose as u32,
+                result: o as i32,
+            },
+        );
+    }
+    let snap = a.snapshot(0).pop();
+    Scrape {
+        rows: vec![Row {
+            labels: std::sync::Arc::new(Labels {
+                cgroup: "/test/\"quoted\"".into(),
+                ..Labels::default()
+            }),
+            snap,
+            faults: FaultCounts {
+                user: 5,
+                kernel: 1,
+                ..FaultCounts::default()
+            },
+            lost: 3,
+            retransmits: 2,
+        }],
+        probes: vec![(
+            crate::signal::Signal::SendMsg,
+            crate::probe_mode::ProbeMode::Tracepoint,
+        )],
+        tracked: 1,
+        events: [100, 0, 0, 0],
+        untracked_connections: 4,
+        probe_misses: 0,
+        undecodable: 0,
+        ring_create_failures: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Aggregator;
     use crate::exposition::{render, stream};
-    use crate::probe_mode::ProbeMode;
-    use crate::signal::Signal;
-    use observer_common::{Event, EventKind};
     use prometheus::TextEncoder;
     use std::sync::Arc;
-    use std::time::Duration;
-
-    fn push(a: &mut Aggregator, ev: &Event) {
-        a.push_shared(&ev.to_bytes(), crate::aggregate::Now::default());
-    }
-
-    fn scrape_with_traffic() -> Scrape {
-        let mut a = Aggregator::new(8, Duration::from_mins(1));
-        for i in 0..100u64 {
-            push(
-                &mut a,
-                &Event {
-                    cgroup_id: 42,
-                    value: 10_000 + i * 1000,
-                    kind: EventKind::SendMsg as u32,
-                    result: 10,
-                },
-            );
-        }
-        for (ns, result) in [
-            (2_000, 0),
-            (3_000, 0),
-            (900_000, observer_common::FAULT_MAJOR),
-        ] {
-            push(
-                &mut a,
-                &Event {
-                    cgroup_id: 42,
-                    value: ns,
-                    kind: EventKind::PageFault as u32,
-                    result,
-                },
-            );
-        }
-        for o in [Outcome::Normal, Outcome::Refused, Outcome::Normal] {
-            push(
-                &mut a,
-                &Event {
-                    cgroup_id: 42,
-                    value: 0,
-                    kind: EventKind::ConnClose as u32,
-                    result: o as i32,
-                },
-            );
-        }
-        let snap = a.snapshot(0).pop();
-        Scrape {
-            rows: vec![Row {
-                labels: Arc::new(Labels {
-                    cgroup: "/test/\"quoted\"".into(),
-                    ..Labels::default()
-                }),
-                snap,
-                faults: FaultCounts {
-                    user: 5,
-                    kernel: 1,
-                    ..FaultCounts::default()
-                },
-                lost: 3,
-                retransmits: 2,
-            }],
-            probes: vec![(Signal::SendMsg, ProbeMode::Tracepoint)],
-            tracked: 1,
-            events: [100, 0, 0, 0],
-            untracked_connections: 4,
-            probe_misses: 0,
-            undecodable: 0,
-            ring_create_failures: 0,
-        }
-    }
 
     #[test]
     fn exposition_has_the_design_names_and_values() {
@@ -306,7 +305,7 @@ mod tests {
                 .unwrap();
             let mut pieces = 0;
             let mut streamed = String::new();
-            stream(&scrape, 256, |p| {
+            stream(&scrape, crate::histograms::Histograms::Both, 256, |p| {
                 pieces += 1;
                 streamed.push_str(p);
             });
@@ -336,30 +335,37 @@ mod tests {
     fn promtool_accepts_the_exposition() {
         use std::io::Write;
 
-        let text = render(&scrape_with_traffic());
-        let Ok(mut child) = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-        else {
-            eprintln!("promtool not installed: exposition checked by the privileged tests");
-            return;
-        };
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for hist in [
+            crate::histograms::Histograms::Classic,
+            crate::histograms::Histograms::Native,
+            crate::histograms::Histograms::Both,
+        ] {
+            let text = crate::exposition::render_with(&scrape_with_traffic(), hist);
+            let Ok(mut child) = std::process::Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+            else {
+                eprintln!("promtool not installed: exposition checked by the privileged tests");
+                return;
+            };
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool ({}): {}{}",
+                hist.name(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     /// Every metric the operator files reference (dashboard, recording and alerting rules)
@@ -367,11 +373,22 @@ mod tests {
     #[test]
     fn dashboard_and_rules_reference_only_exported_metrics() {
         let text = render(&scrape_with_traffic());
-        let exported: std::collections::BTreeSet<&str> = text
+        let mut exported: std::collections::BTreeSet<String> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_string)
             .collect();
+        // A native histogram is one series named after its family (protobuf only).
+        let native = crate::exposition::protobuf::render(
+            &scrape_with_traffic(),
+            crate::histograms::Histograms::Native,
+        );
+        for f in crate::exposition::protobuf::decode(&native).unwrap() {
+            if f.metric.iter().any(|m| m.histogram.is_some()) {
+                exported.extend(f.name);
+            }
+        }
         let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
         let mut checked = 0;
         for file in [
@@ -393,7 +410,7 @@ mod tests {
                     continue;
                 }
                 assert!(
-                    exported.contains(name.as_str()),
+                    exported.contains(&name),
                     "{file} references {name}, which the daemon does not export"
                 );
                 checked += 1;

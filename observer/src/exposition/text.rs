@@ -12,6 +12,7 @@ use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricT
 use super::family::{CALLS, FAULT_KINDS, FAULT_MODES, Family, Kind};
 use super::{Row, Scrape};
 use crate::aggregate::{BUCKETS_NS, DurationSnapshot, QUANTILES};
+use crate::histograms::Histograms;
 use crate::labels::Labels;
 use crate::signal::Signal;
 
@@ -307,8 +308,17 @@ pub fn global_families(s: &Scrape) -> Vec<MetricFamily> {
         .collect()
 }
 
+/// The per-cgroup families of the text exposition with `hist`: without classic buckets
+/// the histogram families are left out (their `_sum` and `_count` are those of the
+/// summaries of the same durations, `socklat_*_latency_seconds`).
+pub fn text_families(hist: Histograms) -> impl Iterator<Item = Family> {
+    Family::PER_CGROUP
+        .into_iter()
+        .filter(move |f| hist.classic() || f.kind() != Kind::Histogram)
+}
+
 /// Calls `flush` with the exposition in pieces of roughly `chunk` bytes.
-pub fn stream(s: &Scrape, chunk: usize, mut flush: impl FnMut(&str)) {
+pub fn stream(s: &Scrape, hist: Histograms, chunk: usize, mut flush: impl FnMut(&str)) {
     let fallback = Row::empty_other();
     let has_other = s.rows.iter().any(|r| r.labels.is_other());
     let extra: &[Row] = if has_other {
@@ -317,7 +327,7 @@ pub fn stream(s: &Scrape, chunk: usize, mut flush: impl FnMut(&str)) {
         std::slice::from_ref(&fallback)
     };
     let mut out = String::with_capacity(chunk + 4096);
-    for f in Family::PER_CGROUP {
+    for f in text_families(hist) {
         let rows = || s.rows.iter().chain(extra);
         if !rows().any(|r| has_samples(f, r)) {
             continue;
@@ -337,10 +347,16 @@ pub fn stream(s: &Scrape, chunk: usize, mut flush: impl FnMut(&str)) {
     flush(&out);
 }
 
-/// Renders a whole scrape as text exposition.
+/// Renders a whole scrape as text exposition, with classic buckets.
 #[must_use]
 pub fn render(s: &Scrape) -> String {
+    render_with(s, Histograms::Both)
+}
+
+/// Renders a whole scrape as text exposition with `hist`.
+#[must_use]
+pub fn render_with(s: &Scrape, hist: Histograms) -> String {
     let mut all = String::new();
-    stream(s, 1 << 16, |piece| all.push_str(piece));
+    stream(s, hist, 1 << 16, |piece| all.push_str(piece));
     all
 }

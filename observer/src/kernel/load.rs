@@ -95,6 +95,7 @@ fn kernel_facts() -> (
                         (found != Some(at)).then_some((member, at, found))
                     },
                 ),
+                tcp_sendpage: b.func_params("tcp_sendpage") == Some(5),
             };
             (offsets, task, shape)
         }

@@ -10,11 +10,12 @@ mod table;
 mod terminal;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 
-pub use fetch::{FetchError, fetch};
+pub use fetch::{Client, FetchError, Options, fetch};
 pub use table::{
     CgroupSample, Key, Row, Scrape, View, format_seconds, parse_seconds, render, rows,
 };
@@ -52,6 +53,51 @@ pub struct TopArgs {
     /// Show only rows whose name or cgroup contains this text (`/` on a terminal).
     #[arg(long, default_value = "")]
     pub filter: String,
+    /// For an https:// URL: the CA certificate(s), PEM, that signed the daemon's
+    /// certificate (its name is checked against the URL's host).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for a daemon that requires one; with --key-file.
+    #[arg(long, requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// Basic authentication user; the password comes from `SOCKLAT_TOP_PASSWORD` or
+    /// --password-file (never the command line, which other users can read).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// A file holding the basic authentication password (one line).
+    #[arg(long, requires = "user")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl TopArgs {
+    /// The client these flags describe.
+    fn client(&self) -> Result<Client, FetchError> {
+        let password = match &self.password_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|source| FetchError::File {
+                        path: p.clone(),
+                        source,
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            None => std::env::var("SOCKLAT_TOP_PASSWORD").ok(),
+        };
+        Client::new(
+            &self.url,
+            &Options {
+                ca_file: self.ca_file.clone(),
+                cert_file: self.cert_file.clone(),
+                key_file: self.key_file.clone(),
+                user: self.user.clone(),
+                password,
+            },
+        )
+    }
 }
 
 /// A column of the table.
@@ -129,10 +175,11 @@ pub fn run(a: &TopArgs) -> i32 {
 }
 
 fn once(a: &TopArgs, view: &View) -> Result<(), TopError> {
-    let first = Scrape::parse(&fetch(&a.url)?)?;
+    let client = a.client()?;
+    let first = Scrape::parse(&client.fetch()?)?;
     let t = Instant::now();
     std::thread::sleep(a.interval);
-    let second = Scrape::parse(&fetch(&a.url)?)?;
+    let second = Scrape::parse(&client.fetch()?)?;
     print!(
         "{}",
         render(&rows(Some(&first), &second, t.elapsed()), view, 160)
@@ -141,12 +188,14 @@ fn once(a: &TopArgs, view: &View) -> Result<(), TopError> {
 }
 
 fn live(a: &TopArgs, mut view: View) -> Result<(), TopError> {
+    let client = a.client()?;
     let _raw = RawTerminal::enter().map_err(TopError::Terminal)?;
     let mut prev: Option<(Scrape, Instant)> = None;
     let mut editing: Option<String> = None;
     let mut status = String::new();
     loop {
-        let (table, now) = match fetch(&a.url)
+        let (table, now) = match client
+            .fetch()
             .map_err(TopError::from)
             .and_then(|text| Ok(Scrape::parse(&text)?))
         {

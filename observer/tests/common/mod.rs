@@ -6,6 +6,7 @@
     reason = "test helpers whose results their callers use; a mark on each adds nothing"
 )]
 
+pub mod certs;
 pub mod traffic;
 
 use std::ffi::CString;
@@ -167,12 +168,17 @@ impl Daemon {
             .spawn()
             .expect("start socklat");
         let mut d = Daemon { child, addr };
+        // With TLS on the main listener, health is asked on the plain healthz listener.
+        let health: SocketAddr = extra
+            .iter()
+            .position(|a| *a == "--web.healthz-listen")
+            .map_or(addr, |i| extra[i + 1].parse().unwrap());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = d.child.try_wait().unwrap() {
                 panic!("socklat exited early: {status}");
             }
-            if let Ok((code, _)) = http_get(addr, "/healthz")
+            if let Ok((code, _)) = http_get(health, "/healthz")
                 && code == 200
             {
                 return d;

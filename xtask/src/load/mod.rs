@@ -5,5 +5,6 @@ pub mod bpfstats;
 pub mod cgroups;
 pub mod measure;
 pub mod observers;
+pub mod scrape;
 mod sys;
 pub mod traffic;

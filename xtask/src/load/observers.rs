@@ -92,6 +92,11 @@ impl Socklat {
         self.child.id()
     }
 
+    /// How the daemon ended, if it has (for a run that finds it gone).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Stops the daemon (SIGTERM) and waits for it to exit.
     pub fn stop(self) {
         terminate(self.child);

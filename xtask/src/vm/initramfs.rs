@@ -75,15 +75,52 @@ echo '@@check image'
 /// The start of every `/init`: busybox, the file systems the daemon needs, loopback up,
 /// and the `@@kernel` line.
 fn prologue() -> String {
-    String::from(
-        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n\
-         mkdir -p /proc /sys /dev /tmp /run\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n\
-         mount -t devtmpfs dev /dev\nmount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null\n\
-         mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null\nmount -t bpf bpf /sys/fs/bpf 2>/dev/null\n\
-         mount -t cgroup2 cgroup2 /sys/fs/cgroup\nip link set lo up\nexport SOCKLAT_VM=1 RUST_BACKTRACE=0\n\
-         echo \"@@kernel $(uname -r)\"\nrc=0\n",
-    )
+    String::from(PREAMBLE)
 }
+
+/// Writes the initramfs of `vm-bench` at `path`: busybox, an `/init` that runs the guest's
+/// half of the bench (`driver guest-bench ARGS`), the daemon, the driver and the kernel
+/// objects (each at its host path).
+pub fn write_bench(
+    path: &Path,
+    daemon: &Path,
+    driver: &Path,
+    objects: &[PathBuf],
+    args: &[String],
+) -> Result<()> {
+    let mut cpio = Cpio::new();
+    cpio.dir("/bin");
+    cpio.file("/bin/busybox", &std::fs::read("/bin/busybox")?, true);
+    let mut init = String::from(PREAMBLE);
+    let _ = writeln!(
+        init,
+        "{} guest-bench --daemon {} {} 2>&1; rc=$?",
+        driver.display(),
+        daemon.display(),
+        args.join(" ")
+    );
+    init.push_str(EPILOGUE);
+    cpio.file("/init", init.as_bytes(), true);
+    cpio.file(&daemon.to_string_lossy(), &std::fs::read(daemon)?, true);
+    cpio.file(&driver.to_string_lossy(), &std::fs::read(driver)?, true);
+    for o in objects {
+        cpio.file(&o.to_string_lossy(), &std::fs::read(o)?, false);
+    }
+    cpio.finish(path)
+}
+
+/// The start of every guest's /init (see [`prologue`]): busybox, the file systems the daemon needs, loopback,
+/// and the kernel release (`@@kernel`).
+const PREAMBLE: &str = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n\
+     mkdir -p /proc /sys /dev /tmp /run\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n\
+     mount -t devtmpfs dev /dev\nmount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null\n\
+     mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null\nmount -t bpf bpf /sys/fs/bpf 2>/dev/null\n\
+     mount -t cgroup2 cgroup2 /sys/fs/cgroup\nip link set lo up\nexport SOCKLAT_VM=1 RUST_BACKTRACE=0\n\
+     echo \"@@kernel $(uname -r)\"\nrc=0\n";
+
+/// The end of the `x86_64` bench guest's /init: `@@done RC`, the exit code to QEMU, power
+/// off (the test guests end with their [`Guest::exit_script`]).
+const EPILOGUE: &str = "echo \"@@done $rc\"\nprintf \"\\\\$(printf %o $rc)\" | dd of=/dev/port bs=1 seek=244 2>/dev/null\npoweroff -f\n";
 
 /// The guest's /init: mounts what the daemon needs, then for each mode asks `socklat
 /// --check` whether the mode attaches here and, if so, runs the test binaries in it.

@@ -2,7 +2,9 @@
 //! QEMU, for each architecture, in every probe mode; docs/kernels.md), its reruns and its
 //! table.
 
+pub mod bench;
 mod guest;
+pub mod guest_bench;
 mod initramfs;
 mod kernels;
 mod qemu;

@@ -46,6 +46,15 @@ pub fn run(
     Ok((status.code().unwrap_or(-1), text, started.elapsed()))
 }
 
+/// Prints the last lines of a guest's serial log, after what went wrong.
+pub fn show_tail(label: &str, text: &str, why: &str) {
+    eprintln!("--- {label}: {why}; serial tail:");
+    let lines: Vec<&str> = text.lines().collect();
+    for l in &lines[lines.len().saturating_sub(60)..] {
+        eprintln!("{l}");
+    }
+}
+
 /// Boots kernel `label` of `guest`'s architecture and returns the verdicts of `modes`.
 pub fn boot(
     guest: &Guest,
@@ -75,11 +84,11 @@ pub fn boot(
         elapsed.as_secs_f64()
     );
     if rows.iter().any(|(_, v)| v.is_failure()) || (code != 1 && code != 3) {
-        eprintln!("--- {label} ({}): serial tail:", guest.arch);
-        let lines: Vec<&str> = text.lines().collect();
-        for l in &lines[lines.len().saturating_sub(60)..] {
-            eprintln!("{l}");
-        }
+        show_tail(
+            &format!("{label} ({})", guest.arch),
+            &text,
+            &format!("QEMU exit {code} after {:.1} s", elapsed.as_secs_f64()),
+        );
     }
     Ok(Outcome {
         kernel,
