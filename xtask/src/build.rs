@@ -244,6 +244,30 @@ fn static_target_dir(arch: Arch) -> PathBuf {
     root().join(format!("target/vm/build{}", arch.suffix()))
 }
 
+/// The static release daemon for `arch` (with `arch`'s kernel objects), cross-built when
+/// `arch` is not this machine's; returns its path.
+pub fn static_daemon(arch: Arch) -> Result<PathBuf> {
+    build_ebpf_for(arch)?;
+    let cross = if arch == Arch::host() {
+        None
+    } else {
+        Some(cross::toolchain(arch)?)
+    };
+    step(&format!("building the static daemon for {arch}"));
+    let target_dir = static_target_dir(arch);
+    run(daemon_cargo(
+        "build",
+        target_dir.clone(),
+        arch,
+        cross.as_ref(),
+        Some("-C target-feature=+crt-static"),
+    )
+    .args(["--release", "--target", arch.triple(), "--bin", "socklat"]))?;
+    let bin = target_dir.join(format!("{}/release/socklat", arch.triple()));
+    step(&format!("static daemon for {arch}: {}", bin.display()));
+    Ok(bin)
+}
+
 /// Static binaries for the host's architecture (see [`static_binaries_for`]).
 pub fn static_binaries() -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
     static_binaries_for(Arch::host())

@@ -35,8 +35,14 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         arch: Vec<arch::Arch>,
     },
-    /// Build the kernel object and the release daemon.
-    Build,
+    /// Build the kernel objects and the release daemon; with `--arch`, a static daemon for
+    /// each architecture named (cross-built from this machine, with that architecture's
+    /// kernel objects embedded): `target/vm/build{,-aarch64}/<triple>/release/socklat`.
+    Build {
+        /// Architectures of static daemons to build (`x86_64`, `aarch64`).
+        #[arg(long, value_delimiter = ',')]
+        arch: Vec<arch::Arch>,
+    },
     /// Build everything and start the daemon as root: `cargo xtask run -- [daemon flags]`.
     Run {
         /// Flags passed to the daemon.
@@ -90,7 +96,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 .into_iter()
                 .try_for_each(|a| build::build_ebpf_for(a).map(drop))
         }
-        Cmd::Build => build::build_daemon().map(drop),
+        Cmd::Build { arch } if arch.is_empty() => build::build_daemon().map(drop),
+        Cmd::Build { arch } => arch
+            .into_iter()
+            .try_for_each(|a| build::static_daemon(a).map(drop)),
         Cmd::Run { args } => run::run_daemon(&args),
         Cmd::Test => test::all(),
         Cmd::Lint => test::lint(),

@@ -208,17 +208,7 @@ impl<'a> Attacher<'a> {
                 let p: &mut PerfEvent = p.try_into().map_err(wrong_type)?;
                 (
                     "perf event page-faults".to_string(),
-                    p.load().and_then(|()| {
-                        cpus.into_iter().try_for_each(|cpu| {
-                            p.attach(
-                                PerfEventConfig::Software(SoftwareEvent::PageFaults),
-                                PerfEventScope::AllProcessesOneCpu { cpu },
-                                SamplePolicy::Period(1),
-                                false,
-                            )
-                            .map(drop)
-                        })
-                    }),
+                    page_faults_on(p, cpus),
                 )
             }
             Hook::KProbe(f) | Hook::KRetProbe(f) => {
@@ -370,6 +360,21 @@ impl<'a> Attacher<'a> {
         }
         choice
     }
+}
+
+/// Loads `p` and attaches it to the page-faults software event of every CPU in `cpus`
+/// (sample period 1: it runs once per fault, in the faulting task's context).
+fn page_faults_on(p: &mut PerfEvent, cpus: Vec<u32>) -> Result<(), ProgramError> {
+    p.load()?;
+    cpus.into_iter().try_for_each(|cpu| {
+        p.attach(
+            PerfEventConfig::Software(SoftwareEvent::PageFaults),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Period(1),
+            false,
+        )
+        .map(drop)
+    })
 }
 
 fn program_error(hook: &str, source: ProgramError) -> AttachError {

@@ -17,7 +17,8 @@ const KNOWN_LIMITS: &[(&str, &str, &[&str], &str)] = &[(
     "kretprobe on 5.10 drops the returns of tcp_recvmsg calls beyond its default \
      maxactive (max(10, 2 x CPUs)) when more calls block at once, so recvmsg counts (and \
      the receive errors that mark a connection `error`) come out short; auto mode uses \
-     fentry on this kernel",
+     fentry on x86_64 5.10, but arm64 5.10 cannot attach fentry, so kprobe is what auto \
+     mode runs there",
 )];
 
 /// The result of one probe mode on one kernel.
@@ -335,7 +336,8 @@ sendmsg count in cgroup /sys/fs/cgroup/t1: 190 < 200
     const LIMITATION_5_10: &str = "kretprobe on 5.10 drops the returns of tcp_recvmsg calls \
         beyond its default maxactive (max(10, 2 x CPUs)) when more calls block at once, so \
         recvmsg counts (and the receive errors that mark a connection `error`) come out \
-        short; auto mode uses fentry on this kernel";
+        short; auto mode uses fentry on x86_64 5.10, but arm64 5.10 cannot attach fentry, so \
+        kprobe is what auto mode runs there";
 
     /// The verdict, its table text and whether it fails the run.
     fn check(log: &str, label: &str, mode: &str, want: &Verdict, text: &str, failure: bool) {
