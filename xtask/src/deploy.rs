@@ -435,27 +435,47 @@ fn check_in_guests(tag: &str, arch: Arch, shape: &PodShape) -> Result<()> {
     if std::fs::read(&binary)? != built {
         bail!("the binary in {image} is not the one built for it");
     }
-    let mut args = shape.args.clone();
-    args.push("--check".into());
+    let args = shape.args.clone();
+    // The port the DaemonSet's SOCKLAT_LISTEN names (the daemon's default otherwise).
+    let port = shape
+        .env
+        .iter()
+        .find(|(k, _)| k == "SOCKLAT_LISTEN")
+        .and_then(|(_, v)| v.rsplit(':').next()?.parse().ok())
+        .unwrap_or(9640);
     step(&format!(
-        "{image}: socklat {} in {arch} guests of every kernel",
+        "{image}: socklat {} --check, then the daemon until /metrics on port {port} answers, \
+         in {arch} guests of every kernel",
         args.join(" ")
     ));
     let mut failed = Vec::new();
-    for run in
-        crate::vm::run_in_guests(arch, &crate::vm::all_kernels(), &binary, &args, &shape.env)?
-    {
+    for run in crate::vm::run_in_guests(
+        arch,
+        &crate::vm::all_kernels(),
+        &binary,
+        &args,
+        &shape.env,
+        port,
+    )? {
         eprintln!(
-            "--- {} ({arch}): exit {:?}\n{}",
-            run.kernel, run.rc, run.output
+            "--- {} ({arch}): --check exit {:?}; serving: {}\n{}",
+            run.kernel,
+            run.rc,
+            match run.serve {
+                Some((lines, rc)) =>
+                    format!("{lines} socklat_ lines in /metrics, exit {rc} on SIGTERM"),
+                None => "no report".to_string(),
+            },
+            run.output
         );
-        if run.rc != Some(0) || signal_lines(&run.output).is_err() {
+        let served = run.serve.is_some_and(|(lines, rc)| lines > 0 && rc == 0);
+        if run.rc != Some(0) || signal_lines(&run.output).is_err() || !served {
             failed.push(run.kernel);
         }
     }
     if !failed.is_empty() {
         bail!(
-            "the {arch} image's socklat --check failed on {}",
+            "the {arch} image's socklat (--check, or serving /metrics) failed on {}",
             failed.join(", ")
         );
     }

@@ -33,16 +33,19 @@ pub fn write(
     cpio.finish(path)
 }
 
-/// Writes an initramfs whose `/init` runs `binary` (as `/socklat`) once with `args` and
-/// `env` after making the paths a `DaemonSet` pod sees (the node's cgroup v2 tree at
-/// /host/sys/fs/cgroup, the kubelet's log directories under /host/var/log), and prints
-/// `@@checkrc image RC`.
+/// Writes an initramfs whose `/init` runs `binary` (as `/socklat`) with `args` and `env`
+/// after making the paths a `DaemonSet` pod sees (the node's cgroup v2 tree at
+/// /host/sys/fs/cgroup, the kubelet's log directories under /host/var/log): once with
+/// `--check` (`@@check image`, then `@@checkrc image RC`), then as the daemon itself until
+/// its `/metrics` on `port` answers (at most 90 s), stopped by SIGTERM: `@@serve image
+/// LINES RC`, the number of `socklat_` lines of that scrape (0: none came) and its exit code.
 pub fn write_check(
     path: &Path,
     guest: &Guest,
     binary: &Path,
     args: &[String],
     env: &[(String, String)],
+    port: u16,
 ) -> Result<()> {
     let mut cpio = Cpio::new();
     cpio.dir("/bin");
@@ -57,14 +60,30 @@ echo '@@check image'
 ",
     );
     let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}='{v}'")).collect();
-    let _ = writeln!(
-        s,
-        "env {} /socklat {} 2>&1; rc=$?; echo \"@@checkrc image $rc\"\nrc=0\necho \"@@done $rc\"",
+    let run = format!(
+        "env {} /socklat {}",
         env.join(" "),
         args.iter()
             .map(|a| format!("'{a}'"))
             .collect::<Vec<_>>()
             .join(" ")
+    );
+    let _ = writeln!(
+        s,
+        "{run} --check 2>&1; rc=$?; echo \"@@checkrc image $rc\"
+{run} > /tmp/serve.log 2>&1 &
+pid=$!; n=0; i=0
+while [ $i -lt 90 ]; do
+  if wget -q -O /tmp/metrics http://127.0.0.1:{port}/metrics 2>/dev/null; then
+    n=$(grep -c '^socklat_' /tmp/metrics); break
+  fi
+  sleep 1; i=$((i + 1))
+done
+kill -TERM $pid; wait $pid; src=$?
+tail -n 5 /tmp/serve.log
+echo \"@@serve image $n $src\"
+rc=0
+echo \"@@done $rc\""
     );
     s.push_str(guest.exit_script());
     cpio.file("/init", s.as_bytes(), true);

@@ -233,20 +233,25 @@ pub struct CheckRun {
     pub kernel: String,
     pub rc: Option<i32>,
     pub output: String,
+    /// Then as the daemon: the `socklat_` lines of its first `/metrics` answer (0: none
+    /// came) and its exit code after SIGTERM.
+    pub serve: Option<(usize, i32)>,
 }
 
-/// Runs `binary` once with `args` and `env` in a guest of `arch` on each of `labels`'
-/// kernels, set up as a `DaemonSet` pod sees the node (see [`initramfs::write_check`]).
+/// Runs `binary` with `args` and `env` in a guest of `arch` on each of `labels`' kernels,
+/// set up as a `DaemonSet` pod sees the node: `--check`, then the daemon until its
+/// `/metrics` on `port` answers (see [`initramfs::write_check`]).
 pub fn run_in_guests(
     arch: Arch,
     labels: &[String],
     binary: &Path,
     args: &[String],
     env: &[(String, String)],
+    port: u16,
 ) -> Result<Vec<CheckRun>> {
     let guest = Guest::prepare(arch)?;
     let initrd = vm_dir().join(format!("initrd-image{}.cpio.gz", arch.suffix()));
-    initramfs::write_check(&initrd, &guest, binary, args, env)?;
+    initramfs::write_check(&initrd, &guest, binary, args, env, port)?;
     let mut runs = Vec::new();
     for (label, vmlinuz) in kernels::download(arch, labels)? {
         let log = vm_dir().join(format!("serial-image{}-{label}.log", arch.suffix()));
@@ -256,6 +261,10 @@ pub fn run_in_guests(
             kernel: serial.kernel().unwrap_or(&label).to_string(),
             rc: serial.checkrc("image"),
             output: serial.check_output("image"),
+            serve: text.lines().find_map(|l| {
+                let mut w = l.trim().strip_prefix("@@serve image ")?.split_whitespace();
+                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+            }),
         });
     }
     Ok(runs)
