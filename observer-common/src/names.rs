@@ -111,6 +111,14 @@ pub mod programs {
     pub const KPROBE_TCP_SENDMSG: &str = "socklat_kprobe_tcp_sendmsg";
     /// kretprobe `tcp_sendmsg`.
     pub const KRETPROBE_TCP_SENDMSG: &str = "socklat_kretprobe_tcp_sendmsg";
+    /// fentry `tcp_sendpage` (Linux < 6.5: sendfile and splice to a TCP socket).
+    pub const FENTRY_TCP_SENDPAGE: &str = "socklat_fentry_tcp_sendpage";
+    /// fexit `tcp_sendpage`.
+    pub const FEXIT_TCP_SENDPAGE: &str = "socklat_fexit_tcp_sendpage";
+    /// kprobe `tcp_sendpage`.
+    pub const KPROBE_TCP_SENDPAGE: &str = "socklat_kprobe_tcp_sendpage";
+    /// kretprobe `tcp_sendpage`.
+    pub const KRETPROBE_TCP_SENDPAGE: &str = "socklat_kretprobe_tcp_sendpage";
     /// kprobe `tcp_recvmsg`.
     pub const KPROBE_TCP_RECVMSG: &str = "socklat_kprobe_tcp_recvmsg";
     /// kretprobe `tcp_recvmsg`.

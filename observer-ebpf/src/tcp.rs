@@ -304,6 +304,24 @@ pub fn socklat_fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
     0
 }
 
+// Before Linux 6.5 (commit "splice, net: Use sendmsg(MSG_SPLICE_PAGES)" removed
+// `->sendpage`) sendfile and splice to a TCP socket send by `tcp_sendpage`, one call per
+// page, not by `tcp_sendmsg`: the daemon attaches these where the kernel has it, and counts
+// each call as a send.
+#[fentry(function = "tcp_sendpage")]
+pub fn socklat_fentry_tcp_sendpage(ctx: FEntryContext) -> i32 {
+    call_entry(ctx.arg(0));
+    0
+}
+
+#[fexit(function = "tcp_sendpage")]
+pub fn socklat_fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
+    // int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags)
+    let ret: i32 = ctx.arg(5);
+    call_exit(&ctx, EventKind::SendMsg, ret);
+    0
+}
+
 #[fentry(function = "tcp_recvmsg")]
 pub fn socklat_fentry_tcp_recvmsg(ctx: FEntryContext) -> i32 {
     call_entry(ctx.arg(0));
@@ -343,6 +361,19 @@ pub fn socklat_kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn socklat_kretprobe_tcp_sendmsg(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    call_exit(&ctx, EventKind::SendMsg, ret);
+    0
+}
+
+#[kprobe]
+pub fn socklat_kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
+    call_entry(ctx.arg(0).unwrap_or(0));
+    0
+}
+
+#[kretprobe]
+pub fn socklat_kretprobe_tcp_sendpage(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
     call_exit(&ctx, EventKind::SendMsg, ret);
     0

@@ -161,7 +161,11 @@ fn client_side(scenario: &str, c: &mut TcpStream) {
         "cli_linger0" => linger0(c),
         "cli_shut_unread" => {
             shut_wr(c);
-            sleep_ms(100);
+            // Close only once the server's data is here: the close has unread data (a
+            // fixed sleep is not enough on a loaded machine, where the orphan then closes
+            // normally and its timewait socket sends the reset).
+            let mut b = [0u8; 1];
+            assert_eq!(c.peek(&mut b).unwrap(), 1, "the server's data");
         }
         "cli_shut_linger0" => {
             shut_wr(c);
@@ -246,7 +250,9 @@ const N: usize = 5;
 
 /// Issue 14.9: both ends agree on resets, scenario by scenario, exactly; see the module
 /// doc. On kernels before 6.10 a timewait socket's reset is not traced, so the client of
-/// `data_after_close_tw` (whose reset its timewait socket sends) is `normal` there.
+/// `data_after_close_tw` (whose reset its timewait socket sends) is `normal` there, and
+/// that of `data_after_close_fast` `reset_sent` or `normal` depending on which of its
+/// sockets the data met.
 #[test]
 fn both_ends_agree_on_who_reset_the_connection() {
     if role().is_some() {
@@ -305,18 +311,25 @@ fn both_ends_agree_on_who_reset_the_connection() {
                 .filter(|(_, n)| *n > 0.0)
                 .collect()
         };
-        let want_cli = if *name == "data_after_close_tw" && !tw_traced {
-            "normal"
-        } else {
-            want_cli
-        };
         let (c, s) = (got(cli), got(srv));
-        if c != [(want_cli.to_string(), N as f64)] || s != [(want_srv.to_string(), N as f64)] {
+        // Before 6.10 the reset of a timewait socket is not traced: data arriving after
+        // close() is answered by the full socket (traced, reset_sent) if it comes before our
+        // FIN is acked, else by its timewait socket (not traced: normal). `_tw` waits long
+        // enough for the second; `_fast` may see either.
+        let untraced_tw_reset = !tw_traced && name.starts_with("data_after_close");
+        let client_ok = if untraced_tw_reset {
+            c.iter().all(|(o, _)| o == "reset_sent" || o == "normal")
+                && c.iter().map(|(_, n)| n).sum::<f64>() == N as f64
+                && (*name != "data_after_close_tw" || c == [("normal".to_string(), N as f64)])
+        } else {
+            c == [(want_cli.to_string(), N as f64)]
+        };
+        if !client_ok || s != [(want_srv.to_string(), N as f64)] {
             failures.push(format!(
                 "{name}: client {c:?} (want {N} {want_cli}), server {s:?} (want {N} {want_srv})"
             ));
         }
-        if tw_traced || *name != "data_after_close_tw" {
+        if !untraced_tw_reset {
             for (a, b) in [
                 ("reset_sent", "reset_received"),
                 ("reset_received", "reset_sent"),

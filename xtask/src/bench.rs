@@ -45,6 +45,10 @@ pub struct Opts {
     /// one of these (comma separated; default all).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
+    /// For the kernel-cost part: a daemon binary of another build (e.g. the previous
+    /// release), measured with its own embedded object in the same rounds.
+    #[arg(long)]
+    pub cost_baseline: Option<PathBuf>,
     /// For the scrape part: a daemon binary of another build (e.g. the previous release)
     /// whose text scrape is measured next to this build's, on the same cgroups.
     #[arg(long)]
@@ -310,20 +314,14 @@ fn irq_work_interrupts() -> u64 {
 
 /// Runs the pinned ping-pong once without observer, then under socklat with `object`; reads
 /// the kernel's own accounting of our programs around the second.
-fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
+fn cost_run(o: &Opts, bin: &Path, object: Option<&Path>) -> Result<Cost> {
     let none = pinned_rr_load(o.seconds);
-    let obj = object.to_string_lossy();
-    let daemon = Socklat::start(
-        bin,
-        &[
-            "--probe-mode",
-            "tracepoint",
-            "--signals",
-            "sendmsg,recvmsg",
-            "--ebpf-object",
-            &obj,
-        ],
-    )?;
+    let obj = object.map(|p| p.to_string_lossy().into_owned());
+    let mut args = vec!["--probe-mode", "tracepoint", "--signals", "sendmsg,recvmsg"];
+    if let Some(obj) = &obj {
+        args.extend(["--ebpf-object", obj]);
+    }
+    let daemon = Socklat::start(bin, &args)?;
     // Steady state first: a cgroup's ring starts small and grows while its load runs (each
     // growth a wakeup and an install); a long-running daemon has long grown it.
     let _ = pinned_rr_load(WARM_UP_SECONDS);
@@ -334,11 +332,15 @@ fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
     let after = bpfstats::snapshot()?;
     daemon.stop();
     let spent = bpfstats::between(&before, &after);
-    // The kernel keeps 15 bytes of a program's name: "socklat_sys_ent", "socklat_btf_soc"
-    // (send and receive together).
-    let get = |name: &str| spent.get(&name[..15]).copied().unwrap_or((0, 0));
-    let (enter_t, enter_n) = get(programs::SYS_ENTER);
-    let (len_t, len_n) = get(programs::BTF_SOCK_SEND_LENGTH);
+    // The kernel keeps 15 bytes of a program's name: "socklat_sys_ent", and the programs at
+    // the end of a socket call ("socklat_btf_soc", send and receive together; another
+    // build's may have other names).
+    let enter_name = &programs::SYS_ENTER[..15];
+    let (enter_t, enter_n) = spent.get(enter_name).copied().unwrap_or((0, 0));
+    let (len_t, len_n) = spent
+        .iter()
+        .filter(|(name, _)| name.starts_with("socklat_") && name.as_str() != enter_name)
+        .fold((0, 0), |(t, n), (_, (t1, n1))| (t + t1, n + n1));
     #[expect(clippy::cast_precision_loss, reason = "ns and run counts")]
     let per = |t: u64, n: u64| {
         if n == 0 {
@@ -364,19 +366,23 @@ fn cost_run(o: &Opts, bin: &Path, object: &Path) -> Result<Cost> {
 /// side, interleaved round by round; next to the ping-pong rate without any observer.
 fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<String>) -> Result<()> {
     let variants = cost_variants(&o.variants);
-    let objects: Vec<PathBuf> = variants
+    // (name, daemon, object): the variants with this build's daemon, then the baseline.
+    let mut runs: Vec<(String, PathBuf, Option<PathBuf>)> = variants
         .iter()
-        .map(|v| variant_object(v))
+        .map(|v| Ok((v.0.to_string(), bin.to_path_buf(), Some(variant_object(v)?))))
         .collect::<Result<_>>()?;
+    if let Some(b) = &o.cost_baseline {
+        runs.push((format!("baseline: {}", b.display()), b.clone(), None));
+    }
     let _stats = bpfstats::StatsEnabled::on()?;
-    let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); variants.len()];
+    let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); runs.len()];
     for round in 0..o.rounds {
-        for (i, obj) in objects.iter().enumerate() {
-            let c = cost_run(o, bin, obj)?;
+        for (i, (name, daemon, obj)) in runs.iter().enumerate() {
+            let c = cost_run(o, daemon, obj.as_deref())?;
             step(&format!(
                 "round {} {}: {:.0} ns/call ({:.0} + {:.0} ns/run), {:.0} round trips/s",
                 round + 1,
-                variants[i].0,
+                name,
                 c.per_call_ns,
                 c.enter_ns,
                 c.length_ns,
@@ -390,7 +396,7 @@ fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<Strin
         "| kernel object (tracepoint mode) | sys_enter ns/run | sock_*_length ns/run | ns per observed socket call | pinned ping-pong / none (bpf_stats on) | IRQ-work interrupts/s |\n|---|---|---|---|---|---|\n",
     );
     let per_call: Vec<f64> = costs.iter().map(|c| med(c, |c| c.per_call_ns)).collect();
-    for (i, (name, ..)) in variants.iter().enumerate() {
+    for (i, (name, ..)) in runs.iter().enumerate() {
         let _ = std::fmt::Write::write_fmt(
             &mut t,
             format_args!(
@@ -438,6 +444,13 @@ fn kernel_cost(o: &Opts, bin: &Path, rows: &mut Vec<Row>, tables: &mut Vec<Strin
         name: "  the floor program, same run".into(),
         value: format!("{floor:.0} ns ({:.2}x)", per_call[0] / floor),
     });
+    if o.cost_baseline.is_some() {
+        let b = per_call[runs.len() - 1];
+        rows.push(Row {
+            name: "  the baseline build, same run".into(),
+            value: format!("{b:.0} ns (this build: {:.2}x of it)", per_call[0] / b),
+        });
+    }
     Ok(())
 }
 

@@ -159,10 +159,17 @@ impl<'a> Attacher<'a> {
                     p.load(f, btf).and_then(|()| p.attach().map(drop)),
                 )
             }
-            Hook::KProbe(f) => {
+            Hook::KProbe(f) | Hook::KRetProbe(f) => {
                 let p: &mut KProbe = p.try_into().map_err(wrong_type)?;
                 (
-                    format!("kprobe {f}"),
+                    format!(
+                        "{} {f}",
+                        if matches!(prog.hook, Hook::KProbe(_)) {
+                            "kprobe"
+                        } else {
+                            "kretprobe"
+                        }
+                    ),
                     p.load().and_then(|()| p.attach(f, 0).map(drop)),
                 )
             }

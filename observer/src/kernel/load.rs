@@ -140,6 +140,7 @@ fn kernel_facts() -> (
                 btf_sock_length: offsets.is_ok()
                     && b.has_tracepoint("sock_send_length")
                     && b.has_tracepoint("sock_recv_length"),
+                tcp_sendpage: b.func_params("tcp_sendpage") == Some(5),
             };
             (offsets, task, shape)
         }

@@ -15,8 +15,10 @@ pub enum Hook {
     FEntry(&'static str),
     /// fexit on a kernel function.
     FExit(&'static str),
-    /// kprobe or kretprobe on a kernel function (the object's section says which).
+    /// kprobe on a kernel function.
     KProbe(&'static str),
+    /// kretprobe on a kernel function.
+    KRetProbe(&'static str),
     /// A raw tracepoint.
     RawTp(&'static str),
     /// A BTF-typed raw tracepoint (`tp_btf`): its arguments typed by the kernel's BTF.
@@ -38,6 +40,18 @@ pub struct Program {
 
 const fn prog(name: &'static str, hook: Hook) -> Program {
     Program { name, hook }
+}
+
+impl Program {
+    /// Whether it runs where a call ends (fexit, kretprobe, the tracepoint a socket call
+    /// ends at), once per observed call, rather than where one starts.
+    #[must_use]
+    pub const fn ends_a_call(self) -> bool {
+        matches!(
+            self.hook,
+            Hook::FExit(_) | Hook::KRetProbe(_) | Hook::BtfTp(_) | Hook::Tp { .. }
+        )
+    }
 }
 
 /// Fields of the sock_*_length records that the classic programs read, at their offsets
@@ -74,10 +88,15 @@ pub const FEXIT_TCP_RECVMSG5: Program = prog(p::FEXIT_TCP_RECVMSG5, Hook::FExit(
 pub const FEXIT_TCP_RECVMSG6: Program = prog(p::FEXIT_TCP_RECVMSG6, Hook::FExit("tcp_recvmsg"));
 pub const KPROBE_TCP_SENDMSG: Program = prog(p::KPROBE_TCP_SENDMSG, Hook::KProbe("tcp_sendmsg"));
 pub const KRETPROBE_TCP_SENDMSG: Program =
-    prog(p::KRETPROBE_TCP_SENDMSG, Hook::KProbe("tcp_sendmsg"));
+    prog(p::KRETPROBE_TCP_SENDMSG, Hook::KRetProbe("tcp_sendmsg"));
+pub const FENTRY_TCP_SENDPAGE: Program = prog(p::FENTRY_TCP_SENDPAGE, Hook::FEntry("tcp_sendpage"));
+pub const FEXIT_TCP_SENDPAGE: Program = prog(p::FEXIT_TCP_SENDPAGE, Hook::FExit("tcp_sendpage"));
+pub const KPROBE_TCP_SENDPAGE: Program = prog(p::KPROBE_TCP_SENDPAGE, Hook::KProbe("tcp_sendpage"));
+pub const KRETPROBE_TCP_SENDPAGE: Program =
+    prog(p::KRETPROBE_TCP_SENDPAGE, Hook::KRetProbe("tcp_sendpage"));
 pub const KPROBE_TCP_RECVMSG: Program = prog(p::KPROBE_TCP_RECVMSG, Hook::KProbe("tcp_recvmsg"));
 pub const KRETPROBE_TCP_RECVMSG: Program =
-    prog(p::KRETPROBE_TCP_RECVMSG, Hook::KProbe("tcp_recvmsg"));
+    prog(p::KRETPROBE_TCP_RECVMSG, Hook::KRetProbe("tcp_recvmsg"));
 pub const INET_SOCK_SET_STATE: Program =
     prog(p::INET_SOCK_SET_STATE, Hook::RawTp("inet_sock_set_state"));
 pub const TCP_RECEIVE_RESET: Program = prog(p::TCP_RECEIVE_RESET, Hook::RawTp("tcp_receive_reset"));
@@ -94,7 +113,7 @@ pub const KPROBE_HANDLE_MM_FAULT: Program =
     prog(p::KPROBE_HANDLE_MM_FAULT, Hook::KProbe("handle_mm_fault"));
 pub const KRETPROBE_HANDLE_MM_FAULT: Program = prog(
     p::KRETPROBE_HANDLE_MM_FAULT,
-    Hook::KProbe("handle_mm_fault"),
+    Hook::KRetProbe("handle_mm_fault"),
 );
 
 /// Every program of the object.
@@ -112,6 +131,10 @@ pub const ALL: &[Program] = &[
     FEXIT_TCP_RECVMSG6,
     KPROBE_TCP_SENDMSG,
     KRETPROBE_TCP_SENDMSG,
+    FENTRY_TCP_SENDPAGE,
+    FEXIT_TCP_SENDPAGE,
+    KPROBE_TCP_SENDPAGE,
+    KRETPROBE_TCP_SENDPAGE,
     KPROBE_TCP_RECVMSG,
     KRETPROBE_TCP_RECVMSG,
     INET_SOCK_SET_STATE,
@@ -139,6 +162,9 @@ pub struct KernelShape {
     /// BTF-typed tracepoint programs can be used (cheaper than the classic ones: no record
     /// is built, the socket's fields are direct loads; no tracefs).
     pub btf_sock_length: bool,
+    /// `tcp_sendpage(sk, page, offset, size, flags)` exists (Linux < 6.5): sendfile and
+    /// splice send through it.
+    pub tcp_sendpage: bool,
 }
 
 /// Programs that make up one (signal, mode) on a kernel of this shape; empty when the
@@ -146,6 +172,12 @@ pub struct KernelShape {
 #[must_use]
 pub fn for_mode(signal: Signal, mode: ProbeMode, k: KernelShape) -> Vec<Program> {
     match (signal, mode) {
+        (Signal::SendMsg, ProbeMode::Fentry) if k.tcp_sendpage => vec![
+            FENTRY_TCP_SENDMSG,
+            FEXIT_TCP_SENDMSG,
+            FENTRY_TCP_SENDPAGE,
+            FEXIT_TCP_SENDPAGE,
+        ],
         (Signal::SendMsg, ProbeMode::Fentry) => vec![FENTRY_TCP_SENDMSG, FEXIT_TCP_SENDMSG],
         // fexit reads the return value after the last parameter; how many there are depends
         // on the kernel (see observer-ebpf/src/tcp.rs).
@@ -156,6 +188,12 @@ pub fn for_mode(signal: Signal, mode: ProbeMode, k: KernelShape) -> Vec<Program>
                 Some(6) => FEXIT_TCP_RECVMSG6,
                 _ => FEXIT_TCP_RECVMSG5,
             },
+        ],
+        (Signal::SendMsg, ProbeMode::Kprobe) if k.tcp_sendpage => vec![
+            KPROBE_TCP_SENDMSG,
+            KRETPROBE_TCP_SENDMSG,
+            KPROBE_TCP_SENDPAGE,
+            KRETPROBE_TCP_SENDPAGE,
         ],
         (Signal::SendMsg, ProbeMode::Kprobe) => vec![KPROBE_TCP_SENDMSG, KRETPROBE_TCP_SENDMSG],
         (Signal::RecvMsg, ProbeMode::Kprobe) => vec![KPROBE_TCP_RECVMSG, KRETPROBE_TCP_RECVMSG],
@@ -210,11 +248,14 @@ mod tests {
             for mode in ProbeMode::Auto.candidates() {
                 for recvmsg_params in [Some(4), Some(5), Some(6)] {
                     for btf_sock_length in [false, true] {
-                        let shape = KernelShape {
-                            recvmsg_params,
-                            btf_sock_length,
-                        };
-                        used.extend(for_mode(signal, *mode, shape).iter().map(|p| p.name));
+                        for tcp_sendpage in [false, true] {
+                            let shape = KernelShape {
+                                recvmsg_params,
+                                btf_sock_length,
+                                tcp_sendpage,
+                            };
+                            used.extend(for_mode(signal, *mode, shape).iter().map(|p| p.name));
+                        }
                     }
                 }
             }

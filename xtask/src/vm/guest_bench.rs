@@ -48,19 +48,23 @@ pub fn line(round: usize, condition: &str, rate: f64, ns_per_call: f64) -> Strin
 }
 
 /// The names (as the kernel keeps them: 15 bytes) of the programs that run once per
-/// observed socket call in `mode`: the last program of each socket signal's set, on any
-/// kernel shape.
+/// observed socket call in `mode` (where a call ends), on any kernel shape.
 fn exit_programs(mode: ProbeMode) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for signal in [Signal::SendMsg, Signal::RecvMsg] {
         for recvmsg_params in [Some(4), Some(5), Some(6)] {
             for btf_sock_length in [false, true] {
-                let shape = KernelShape {
-                    recvmsg_params,
-                    btf_sock_length,
-                };
-                if let Some(p) = programs::for_mode(signal, mode, shape).last() {
-                    names.insert(p.name.chars().take(15).collect());
+                for tcp_sendpage in [false, true] {
+                    let shape = KernelShape {
+                        recvmsg_params,
+                        btf_sock_length,
+                        tcp_sendpage,
+                    };
+                    for p in programs::for_mode(signal, mode, shape) {
+                        if p.ends_a_call() {
+                            names.insert(p.name.chars().take(15).collect());
+                        }
+                    }
                 }
             }
         }
