@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    COUNTER_MAP_ENTRIES, ConnState, ConnTableCounts, DEFAULT_MAX_CGROUPS, DEFAULT_RING_SIZE,
-    Event, FaultCache, FaultCounts, StartTable, UNATTRIBUTED,
+    COUNTER_MAP_ENTRIES, ConnState, ConnTableCounts, DEFAULT_MAX_CGROUPS, DEFAULT_RING_SIZE, Event,
+    FaultCache, FaultCounts, StartTable, UNATTRIBUTED,
 };
 
 use crate::per_thread::PerThread;

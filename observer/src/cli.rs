@@ -80,7 +80,7 @@ pub struct Cli {
 
     /// Connections the kernel keeps state for at once (an LRU table of 88 bytes per entry);
     /// beyond it the least recently active lose theirs and are classified from their final
-    /// state when they close (socklat_tcp_connections_untracked_total).
+    /// state when they close (`socklat_tcp_connections_untracked_total`).
     #[arg(long, env = "SOCKLAT_MAX_CONNECTIONS", default_value = "65536",
           value_parser = parse_max_connections)]
     pub max_connections: u32,

@@ -1,6 +1,7 @@
 //! The daemon: checks the environment, loads and attaches the probes, starts the collector
 //! and the HTTP server, and shuts down cleanly on SIGTERM/SIGINT.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::cgroups::{Resolver, cgroup2_mount, check_cgroup2_root, memory};
@@ -115,16 +116,19 @@ fn memory_facts() -> (MemoryFacts, String) {
     };
     let mut line = format!("memory cgroup {} ({layout}): ", cg.dir.display());
     match &limit {
-        Some(l) => line.push_str(&format!(
-            "limit {} ({} of {})",
-            mib(l.bytes),
-            l.layout.limit_file(),
-            l.from.display()
-        )),
+        Some(l) => {
+            let _ = write!(
+                line,
+                "limit {} ({} of {})",
+                mib(l.bytes),
+                l.layout.limit_file(),
+                l.from.display()
+            );
+        }
         None => line.push_str("no limit"),
     }
     if let Some(u) = in_use {
-        line.push_str(&format!(", in use after loading {}", mib(u)));
+        let _ = write!(line, ", in use after loading {}", mib(u));
     }
     (
         MemoryFacts {

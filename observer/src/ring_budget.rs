@@ -195,9 +195,17 @@ mod tests {
         assert_eq!(RingMemory::parse("1G"), Ok(RingMemory::Bytes(1 << 30)));
         assert_eq!(RingMemory::parse("512K"), Ok(RingMemory::Bytes(512 << 10)));
         assert_eq!(RingMemory::parse("4096"), Ok(RingMemory::Bytes(4096)));
-        assert!(RingMemory::parse("lots").unwrap_err().contains("auto or a size"));
+        assert!(
+            RingMemory::parse("lots")
+                .unwrap_err()
+                .contains("auto or a size")
+        );
         assert!(RingMemory::parse("-1M").is_err());
-        assert!(RingMemory::parse("99999999999999G").unwrap_err().contains("too large"));
+        assert!(
+            RingMemory::parse("99999999999999G")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]
@@ -215,7 +223,7 @@ mod tests {
         }
     }
 
-    /// The DaemonSet's limit: the budget is what is left after the loaded daemon and its
+    /// The `DaemonSet`'s limit: the budget is what is left after the loaded daemon and its
     /// heap reserve.
     #[test]
     fn auto_budget_leaves_the_heap_its_room() {
@@ -237,7 +245,14 @@ mod tests {
         assert_eq!(b.bytes, ring_cost(shared));
         assert!(b.how.contains("no room for per-cgroup rings"), "{}", b.how);
         // No limit: room for every cgroup's largest ring.
-        let b = budget(RingMemory::Auto, &MemoryFacts::default(), 10, 1 << 20, 4 << 20).unwrap();
+        let b = budget(
+            RingMemory::Auto,
+            &MemoryFacts::default(),
+            10,
+            1 << 20,
+            4 << 20,
+        )
+        .unwrap();
         assert_eq!(b.bytes, ring_cost(4 << 20) + 10 * ring_cost(1 << 20));
     }
 

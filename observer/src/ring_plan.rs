@@ -178,6 +178,10 @@ mod tests {
 
     const K: u32 = 1024;
 
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "a slot of the table the planner takes"
+    )]
     fn ring(size: u32, heat: u64) -> Option<RingView> {
         Some(RingView {
             size,
@@ -232,9 +236,9 @@ mod tests {
     #[test]
     fn room_comes_from_the_coldest_rings() {
         let rings = vec![
-            ring(8 * K, 80_000),  // 0: asks
-            ring(256 * K, 100),   // 1: coldest
-            ring(256 * K, 2_000), // 2
+            ring(8 * K, 80_000),   // 0: asks
+            ring(256 * K, 100),    // 1: coldest
+            ring(256 * K, 2_000),  // 2
             ring(256 * K, 60_000), // 3: more than half as busy: kept
             None,
             ring(8 * K, 0), // 5: already small
@@ -270,10 +274,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Nobody colder than half its rate: refused.
-        let req = Request {
-            heat: 150,
-            ..req
-        };
+        let req = Request { heat: 150, ..req };
         assert_eq!(plan(u + reserve(), u, &r2, &req), Growth::Deny);
     }
 
@@ -290,7 +291,12 @@ mod tests {
             target: INITIAL_RING_SIZE,
         };
         assert_eq!(
-            plan(u + reserve() + ring_cost(INITIAL_RING_SIZE), u, &rings, &req),
+            plan(
+                u + reserve() + ring_cost(INITIAL_RING_SIZE),
+                u,
+                &rings,
+                &req
+            ),
             Growth::To(INITIAL_RING_SIZE)
         );
         assert_eq!(

@@ -325,9 +325,7 @@ mod tests {
                 "9223372036854771712",
             ),
         ]);
-        let found = memory_cgroups(HYBRID_CGROUP, HYBRID_MOUNTINFO, &|p| {
-            files.contains_key(p)
-        });
+        let found = memory_cgroups(HYBRID_CGROUP, HYBRID_MOUNTINFO, &|p| files.contains_key(p));
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].layout, Layout::V1);
         assert_eq!(

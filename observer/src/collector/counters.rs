@@ -4,9 +4,7 @@
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::util::nr_cpus;
-use observer_common::{
-    ConnTableCounts, FaultCache, FaultCounts, StartTable, UNATTRIBUTED, names,
-};
+use observer_common::{ConnTableCounts, FaultCache, FaultCounts, StartTable, UNATTRIBUTED, names};
 
 use crate::aggregate::KernelCounts;
 use crate::error::Error;

@@ -42,7 +42,9 @@ impl Rings {
         };
         if slot.state != State::Installed
             || slot.ring.size >= target
-            || slot.denied_at.is_some_and(|t| now.duration_since(t) < REFUSE_EVERY)
+            || slot
+                .denied_at
+                .is_some_and(|t| now.duration_since(t) < REFUSE_EVERY)
         {
             return;
         }
@@ -74,7 +76,9 @@ impl Rings {
         let Some(w) = self.waiting.get(&cgroup_id) else {
             return false;
         };
-        if w.denied_at.is_some_and(|t| now.duration_since(t) < REFUSE_EVERY) {
+        if w.denied_at
+            .is_some_and(|t| now.duration_since(t) < REFUSE_EVERY)
+        {
             return false;
         }
         let req = Request {
@@ -100,17 +104,15 @@ impl Rings {
     /// The plan for `req`: the rings are looked at only when the budget has no room.
     fn decide(&self, req: &Request, now: Instant) -> Growth {
         let used = self.meter.bytes();
-        match plan(self.budget, used, &[], req) {
-            Growth::To(size) => Growth::To(size),
-            _ => {
-                let views: Vec<Option<RingView>> = self
-                    .slots
-                    .iter()
-                    .map(|s| s.as_ref().map(|s| s.view(now)))
-                    .collect();
-                plan(self.budget, used, &views, req)
-            }
+        if let Growth::To(size) = plan(self.budget, used, &[], req) {
+            return Growth::To(size);
         }
+        let views: Vec<Option<RingView>> = self
+            .slots
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.view(now)))
+            .collect();
+        plan(self.budget, used, &views, req)
     }
 
     /// Shrinks `victims` (slot, new size); they do not grow again for [`COOL_DOWN`].

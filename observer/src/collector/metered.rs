@@ -52,6 +52,8 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        self.meter.0.fetch_sub(ring_cost(self.size), Ordering::Relaxed);
+        self.meter
+            .0
+            .fetch_sub(ring_cost(self.size), Ordering::Relaxed);
     }
 }

@@ -140,7 +140,9 @@ fn metrics_of(f: Family, row: &Row) -> Vec<Metric> {
             out.push(counter(cgroup_labels(l, &[]), row.retransmits));
         }
         Family::Untracked if has_samples(f, row) => {
-            let n = snap.and_then(|s| s.conns.as_ref()).map_or(0, |c| c.untracked);
+            let n = snap
+                .and_then(|s| s.conns.as_ref())
+                .map_or(0, |c| c.untracked);
             out.push(counter(cgroup_labels(l, &[]), n));
         }
         Family::Lost if has_samples(f, row) => out.push(counter(cgroup_labels(l, &[]), row.lost)),

@@ -219,7 +219,11 @@ pub fn write_row(f: Family, row: &Row, out: &mut String) {
         }
         Family::Retransmits => sample(out, name, "", &labels, None, row.retransmits as f64),
         Family::Untracked => {
-            let n = row.snap.as_ref().and_then(|s| s.conns.as_ref()).map_or(0, |c| c.untracked);
+            let n = row
+                .snap
+                .as_ref()
+                .and_then(|s| s.conns.as_ref())
+                .map_or(0, |c| c.untracked);
             sample(out, name, "", &labels, None, n as f64);
         }
         Family::Lost => sample(out, name, "", &labels, None, row.lost as f64),

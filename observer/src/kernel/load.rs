@@ -1,6 +1,8 @@
 //! Loading the kernel object: the socket offsets and the shape of the kernel from BTF, the
 //! globals and map sizes, then attaching the enabled signals (see [`super::attach`]).
 
+use std::fmt::Write as _;
+
 use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::names;
 
@@ -103,12 +105,15 @@ impl Loaded {
         );
         if self.lru_threads {
             let threads = u64::from(cli.max_threads);
-            s.push_str(&format!(
+            let _ = write!(
+                s,
                 "; threads {threads} entries in each of 3 LRU tables ({})",
                 crate::ring_budget::mib(3 * threads * THREAD_ENTRY_BYTES)
-            ));
+            );
         } else {
-            s.push_str("; per-thread state in task-local storage (no table: --max-threads does not apply)");
+            s.push_str(
+                "; per-thread state in task-local storage (no table: --max-threads does not apply)",
+            );
         }
         s
     }
