@@ -86,8 +86,9 @@ pub struct Cli {
     pub max_connections: u32,
 
     /// Threads the kernel keeps an in-flight call for at once, where per-thread state is
-    /// not in task-local storage (kernels before 5.12): three LRU tables of 96 bytes per
-    /// entry (syscall entries, socket call entries, page fault entries).
+    /// not in task-local storage (kernels that cannot create it, e.g. 5.10): three LRU
+    /// tables of 96 bytes per entry (syscall entries, socket call entries, page fault
+    /// entries).
     #[arg(long, env = "SOCKLAT_MAX_THREADS", default_value = "65536",
           value_parser = parse_max_threads)]
     pub max_threads: u32,
