@@ -84,11 +84,16 @@ impl Socklat {
             .stdout(Stdio::null())
             .spawn()
             .context("start socklat")?;
-        let daemon = Self { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut daemon = Self { child, addr };
+        // Loading takes well under a second on a host, but tens of seconds in a TCG guest
+        // whose host is busy (the verifier and BTF parsing are emulated).
+        let deadline = Instant::now() + Duration::from_mins(3);
         while !daemon.healthy() {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                bail!("socklat exited before it became healthy ({status}; its stderr is above)");
+            }
             if Instant::now() > deadline {
-                bail!("socklat did not become healthy");
+                bail!("socklat did not become healthy within 3 minutes");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -107,6 +107,28 @@ fn summarize(runs: &[Run]) -> BTreeMap<String, (f64, f64, usize)> {
         .collect()
 }
 
+/// The runs of a guest that finished, or why it did not: QEMU's exit code is the guest's
+/// (2 x rc + 1); a guest whose bench failed (`@@done` with rc 1) or reported no runs is a
+/// failure, with the guest's last `error` line as the reason.
+fn outcome(text: &str, code: i32) -> Result<Vec<Run>, String> {
+    let reason = || {
+        text.lines()
+            .rev()
+            .find(|l| l.contains("error"))
+            .map_or_else(|| format!("QEMU exit {code}"), |l| l.trim().to_string())
+    };
+    match code {
+        1 => {}
+        3 => return Err(reason()),
+        _ => return Err(format!("QEMU exit {code} (no verdict from the guest)")),
+    }
+    let runs = runs(text);
+    if runs.is_empty() {
+        return Err("the guest reported no runs".into());
+    }
+    Ok(runs)
+}
+
 /// Boots each kernel with the bench initramfs and prints the kernel x mode table.
 ///
 /// # Errors
@@ -143,17 +165,22 @@ pub fn vm_bench(o: &Opts) -> Result<()> {
         "| kernel | mode | pinned ping-pong socklat/none | kernel ns per observed socket call (bpf_stats) |\n\
          |---|---|---|---|\n",
     );
+    let mut failed = Vec::new();
     for (label, vmlinuz) in &ks {
         let (text, code) = qemu::run(&format!("bench-{label}"), vmlinuz, &initrd, o.timeout)?;
         let kernel = super::verdict::SerialLog(&text)
             .kernel()
             .unwrap_or(label)
             .to_string();
-        let runs = runs(&text);
-        if runs.is_empty() || (code != 1 && code != 3) {
-            qemu::show_tail(label, &text, &format!("QEMU exit {code}"));
-            bail!("{label}: the guest bench did not finish");
-        }
+        let runs = match outcome(&text, code) {
+            Ok(runs) => runs,
+            Err(why) => {
+                qemu::show_tail(label, &text, &format!("QEMU exit {code}"));
+                let _ = writeln!(table, "| {kernel} | all | failed: {why} | |");
+                failed.push(format!("{label}: {why}"));
+                continue;
+            }
+        };
         for (mode, (ratio, ns, n)) in summarize(&runs) {
             step(&format!(
                 "{kernel} {mode}: socklat/none {ratio:.3}, {ns:.0} ns per call ({n} rounds)"
@@ -169,6 +196,9 @@ pub fn vm_bench(o: &Opts) -> Result<()> {
          within one boot compare)\n{table}",
         o.rounds, o.seconds
     );
+    if !failed.is_empty() {
+        bail!("the guest bench failed on {}", failed.join("; "));
+    }
     Ok(())
 }
 
@@ -205,5 +235,30 @@ mod tests {
         assert_eq!(n, 3);
         assert!((s["kprobe"].0 - 0.75).abs() < 1e-9);
         assert_eq!(skipped(&text), ["tracepoint"]);
+    }
+
+    #[test]
+    fn a_guest_that_failed_is_a_failure_with_its_reason_not_a_missing_row() {
+        let text = [
+            "@@kernel 6.12.117+deb12-amd64",
+            &line(1, "none", 8583.0, 0.0),
+            "xtask: error: socklat did not become healthy",
+            "@@done 1",
+        ]
+        .join("\n");
+        let e = outcome(&text, 3).unwrap_err();
+        assert!(e.contains("socklat did not become healthy"), "{e}");
+        let ok = [
+            &line(1, "none", 1000.0, 0.0),
+            &line(1, "fentry", 900.0, 1.0),
+            "@@done 0",
+        ]
+        .join("\n");
+        assert_eq!(outcome(&ok, 1).unwrap().len(), 2);
+        assert!(outcome("@@done 0", 1).is_err(), "no runs is a failure");
+        assert!(
+            outcome(&ok, 124).is_err(),
+            "a QEMU exit that is not the guest's"
+        );
     }
 }
