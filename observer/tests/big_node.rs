@@ -470,6 +470,7 @@ fn role_holder() {
     while !release.exists() {
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = std::fs::remove_file(&release);
     drop(held);
     println!("@closed");
 }
@@ -539,6 +540,16 @@ fn untracked(m: &Metrics, cg: &TestCgroup) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// The file that tells the holder role to close its connections, made when dropped: on a
+/// failed assertion too, so that the holder never outlives the test.
+struct Release(PathBuf);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "");
+    }
+}
+
 /// Connections held open by one cgroup, and made one after another by another.
 const HELD: usize = 2000;
 const KEPT: usize = 300;
@@ -563,8 +574,9 @@ fn connections_beyond_the_table_are_counted_evicted_and_the_rest_stay_exact() {
         Some(1024.0)
     );
     let held_cg = TestCgroup::new("held");
-    let release = std::env::temp_dir().join(format!("socklat-test-{}-release", std::process::id()));
-    let _ = std::fs::remove_file(&release);
+    let release =
+        Release(std::env::temp_dir().join(format!("socklat-test-{}-release", std::process::id())));
+    let _ = std::fs::remove_file(&release.0);
     let mut holder = run_role(
         &held_cg,
         "role_holder",
@@ -572,7 +584,7 @@ fn connections_beyond_the_table_are_counted_evicted_and_the_rest_stay_exact() {
             ("SOCKLAT_TEST_COUNT", HELD.to_string()),
             (
                 "SOCKLAT_TEST_RELEASE",
-                release.to_string_lossy().into_owned(),
+                release.0.to_string_lossy().into_owned(),
             ),
         ],
     );
@@ -602,9 +614,8 @@ fn connections_beyond_the_table_are_counted_evicted_and_the_rest_stay_exact() {
     assert_eq!(untracked(&m, &kept_cg), 0.0);
 
     // Close the held connections.
-    std::fs::write(&release, "").unwrap();
+    drop(release);
     let out = role_output(holder);
-    let _ = std::fs::remove_file(&release);
     assert!(out.iter().any(|l| l == "closed"), "{out:?}");
     let m = daemon.scrape_settled();
     let errors = outcome(&m, &held_cg, "error");
