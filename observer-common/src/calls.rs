@@ -74,3 +74,38 @@ pub struct CallStart {
     /// The syscall whose entry `ts` is (tracepoint mode); flags of a page fault.
     pub nr: i64,
 }
+
+/// The per-thread tables of call starts (`SYSCALL_START`, `CALL_START`, `FAULT_START`), by
+/// their index in `STARTS_EVICTED` and in the LRU object's record of the threads each has
+/// held an entry for.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartTable {
+    /// Entries of send/recv-family syscalls (tracepoint mode).
+    Syscall = 0,
+    /// Entries of `tcp_sendmsg`/`tcp_recvmsg` calls (fentry and kprobe modes).
+    Call = 1,
+    /// Entries of page fault handler calls (fentry and kprobe modes).
+    Fault = 2,
+}
+
+impl StartTable {
+    /// All tables, in index order.
+    pub const ALL: [StartTable; 3] = [StartTable::Syscall, StartTable::Call, StartTable::Fault];
+
+    /// The `table` label value.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            StartTable::Syscall => "syscall",
+            StartTable::Call => "call",
+            StartTable::Fault => "fault",
+        }
+    }
+}
+
+/// Thread ids the LRU object's record of threads covers (`PID_MAX_LIMIT` on 64-bit: every
+/// thread id there can be), one bit each per table.
+pub const THREAD_IDS: u32 = 1 << 22;
+/// u64 words of that record per table.
+pub const THREAD_SEEN_WORDS: u32 = THREAD_IDS / 64;

@@ -87,6 +87,10 @@ pub const CONN_RST_RECEIVED: u32 = 1;
 pub const CONN_RST_SENT: u32 = 2;
 /// `ConnState::flags`: a send or receive call failed with an error other than EAGAIN.
 pub const CONN_CALL_ERROR: u32 = 4;
+/// `ConnState::flags`: first seen after the connection started (its state was evicted, or it
+/// was open before the daemon): what happened before is not in the flags, so its close is
+/// reported with [`CLOSE_UNTRACKED`].
+pub const CONN_SEEN_LATE: u32 = 8;
 
 /// TCP states (`include/net/tcp_states.h`).
 pub mod tcp {
@@ -168,9 +172,17 @@ pub const fn close_result(outcome: Outcome, hold: Hold) -> i32 {
     (outcome as i32) | ((hold as i32) << 8)
 }
 
-/// The outcome and hold of a [`crate::EventKind::ConnClose`] result.
+/// `Event::result` flag of a [`crate::EventKind::ConnClose`]: the kernel's table did not
+/// hold the connection's state from its start (evicted from it, or opened before the daemon
+/// started), so it was classified from its final state, and what was seen of it since its
+/// state was made again.
+pub const CLOSE_UNTRACKED: i32 = 1 << 16;
+
+/// The outcome and hold of a [`crate::EventKind::ConnClose`] result (its
+/// [`CLOSE_UNTRACKED`] flag aside).
 #[must_use]
 pub const fn split_close_result(result: i32) -> Option<(Outcome, Hold)> {
+    let result = result & !CLOSE_UNTRACKED;
     match (
         Outcome::from_i32(result & 0xff),
         Hold::from_i32(result >> 8),
@@ -179,6 +191,27 @@ pub const fn split_close_result(result: i32) -> Option<(Outcome, Hold)> {
         _ => None,
     }
 }
+
+/// Whether a [`crate::EventKind::ConnClose`] result carries [`CLOSE_UNTRACKED`].
+#[must_use]
+pub const fn close_untracked(result: i32) -> bool {
+    result & CLOSE_UNTRACKED != 0
+}
+
+/// What the kernel counts of its connection table, per CPU: the daemon derives evictions
+/// from them (entries made beyond those removed and the table's size).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnTableCounts {
+    /// Entries made for connections the table did not hold.
+    pub inserted: u64,
+    /// Entries removed at the connection's CLOSE.
+    pub removed: u64,
+}
+
+// SAFETY: `#[repr(C)]`, only u64 fields, no padding: every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ConnTableCounts {}
 
 /// Classifies a connection end at CLOSE: the first outcome that applies (`docs/design.md`),
 /// and whether a reset that may still follow could change it.

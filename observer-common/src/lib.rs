@@ -211,6 +211,15 @@ mod tests {
     }
 
     #[test]
+    fn untracked_closes_keep_their_outcome_and_hold() {
+        let r = close_result(Outcome::Error, Hold::Sync) | CLOSE_UNTRACKED;
+        assert_eq!(split_close_result(r), Some((Outcome::Error, Hold::Sync)));
+        assert!(close_untracked(r));
+        assert!(!close_untracked(close_result(Outcome::Error, Hold::Sync)));
+        assert_eq!(split_close_result(1 << 17), None);
+    }
+
+    #[test]
     fn outcomes_round_trip() {
         for o in Outcome::ALL {
             assert_eq!(Outcome::from_i32(o as i32), Some(o));

@@ -10,8 +10,17 @@ pub const SHARED_RING: &str = "SHARED_RING";
 pub const LOST_EVENTS: &str = "LOST_EVENTS";
 /// Per-CPU hash: cgroup id -> [`super::FaultCounts`].
 pub const FAULT_COUNTS: &str = "FAULT_COUNTS";
-/// Per-CPU array of one u64: connections that reached CLOSE with no tracked state.
-pub const CONN_UNTRACKED: &str = "CONN_UNTRACKED";
+/// Per-CPU array of one [`super::ConnTableCounts`]: entries made and removed in
+/// `CONNECTIONS`.
+pub const CONN_COUNTS: &str = "CONN_COUNTS";
+/// LRU hash: socket address -> [`super::ConnState`] (its size: `--max-connections`).
+pub const CONNECTIONS: &str = "CONNECTIONS";
+/// Per-CPU array, one u64 per [`super::StartTable`]: in-flight call starts the per-thread
+/// LRU table evicted before their call returned (always 0 with task-local storage).
+pub const STARTS_EVICTED: &str = "STARTS_EVICTED";
+/// Array of u64 bit sets, [`super::THREAD_SEEN_WORDS`] per [`super::StartTable`] (LRU object
+/// only): the thread ids that have had an entry in that table since the programs loaded.
+pub const THREADS_SEEN: &str = "THREADS_SEEN";
 /// Per-CPU array of one [`super::FaultCache`].
 pub const FAULT_CACHE: &str = "FAULT_CACHE";
 /// Per-CPU hash: cgroup id -> retransmitted segments.

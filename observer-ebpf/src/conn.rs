@@ -16,11 +16,11 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use observer_common::{
-    CONN_CALL_ERROR, CONN_RST_RECEIVED, CONN_RST_SENT, Closing, ConnState, Event, EventKind, Hold,
-    Outcome, classify, close_result, tcp,
+    CLOSE_UNTRACKED, CONN_CALL_ERROR, CONN_RST_RECEIVED, CONN_RST_SENT, CONN_SEEN_LATE, Closing,
+    ConnState, Event, EventKind, Hold, Outcome, classify, close_result, tcp,
 };
 
-use crate::maps::{CONN_UNTRACKED, CONNECTIONS, RETRANSMITS, atomic_add, bump, emit};
+use crate::maps::{BPF_NOEXIST, CONNECTIONS, RETRANSMITS, bump, count_conn, emit};
 use crate::sock::{self, Kind};
 
 /// 1 when the connections signal is enabled.
@@ -28,15 +28,23 @@ use crate::sock::{self, Kind};
 pub static ENABLE_CONN: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 
 /// A connection starts (an active open, or the child socket of a listener): fresh state,
-/// never the flags or cgroup of an entry a skipped CLOSE run left at the same address.
+/// never the flags or cgroup of an entry a skipped CLOSE run left at the same address. Or
+/// (`late`) a connection is seen with no state at a later change: its state was evicted,
+/// or it was open before we were attached.
 #[inline(always)]
-fn start(sk: u64) {
+fn start(sk: u64, late: bool) {
     let c = ConnState {
         cgroup_id: sock::cgroup(sk),
-        flags: 0,
+        flags: if late { CONN_SEEN_LATE } else { 0 },
         pad: 0,
     };
-    let _ = CONNECTIONS.insert(&sk, &c, 0);
+    // A new entry is counted (the daemon derives evictions from the entries made and
+    // removed); one left at this address (a CLOSE the kernel skipped us for) is replaced.
+    if CONNECTIONS.insert(&sk, &c, BPF_NOEXIST).is_ok() {
+        count_conn(false);
+    } else {
+        let _ = CONNECTIONS.insert(&sk, &c, 0);
+    }
 }
 
 /// Adds `flags` to the state of a connection we track.
@@ -60,8 +68,10 @@ pub fn socklat_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     if new != tcp::CLOSE {
-        if old == tcp::CLOSE || old == tcp::LISTEN || CONNECTIONS.get_ptr(&sk).is_none() {
-            start(sk);
+        if old == tcp::CLOSE || old == tcp::LISTEN {
+            start(sk, false);
+        } else if CONNECTIONS.get_ptr(&sk).is_none() {
+            start(sk, true);
         }
         return 0;
     }
@@ -78,14 +88,20 @@ pub fn socklat_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 fn closed(ctx: &RawTracePointContext, sk: u64, old: i32) {
     // SAFETY: a value of our own map, copied out at once.
     let state = unsafe { CONNECTIONS.get(&sk) }.copied();
-    let _ = CONNECTIONS.remove(&sk);
-    let (cgroup_id, flags) = if let Some(s) = state {
-        (s.cgroup_id, s.flags)
-    } else {
-        if let Some(n) = CONN_UNTRACKED.get_ptr_mut(0) {
-            atomic_add(n, 1);
+    let (cgroup_id, flags, untracked) = if let Some(s) = state {
+        if CONNECTIONS.remove(&sk).is_ok() {
+            count_conn(true);
         }
-        (sock::cgroup(sk), 0)
+        let untracked = if s.flags & CONN_SEEN_LATE == 0 {
+            0
+        } else {
+            CLOSE_UNTRACKED
+        };
+        (s.cgroup_id, s.flags, untracked)
+    } else {
+        // Evicted from the full table, or opened before we were attached: classified from
+        // its final state only, and reported so.
+        (sock::cgroup(sk), 0, CLOSE_UNTRACKED)
     };
     let (dead, done) = sock::dead_done(sk);
     let closing = Closing {
@@ -109,7 +125,7 @@ fn closed(ctx: &RawTracePointContext, sk: u64, old: i32) {
             cgroup_id,
             value,
             kind: EventKind::ConnClose as u32,
-            result: close_result(outcome, hold),
+            result: close_result(outcome, hold) | untracked,
         },
     );
 }

@@ -12,7 +12,9 @@ use aya_ebpf::{
         RetProbeContext,
     },
 };
-use observer_common::{CallStart, Event, EventKind, FAULT_KERNEL, FAULT_MAJOR, FaultCounts};
+use observer_common::{
+    CallStart, Event, EventKind, FAULT_KERNEL, FAULT_MAJOR, FaultCounts, StartTable,
+};
 
 use crate::current::Current;
 use crate::maps::{FAULT_CACHE, FAULT_START, bump_faults, emit};
@@ -105,7 +107,7 @@ fn fault_entry(address: u64, flags: u32) {
     } else {
         0
     };
-    per_thread::store(&FAULT_START, &Current::get(), |start| {
+    per_thread::store(&FAULT_START, StartTable::Fault, &Current::get(), |start| {
         if start.ts != 0 && start.nr & START_RETRYING != 0 && start.sk == address {
             // The same fault, retried (the per-VMA lock's fallback to mmap_lock since 6.4,
             // or after waiting for I/O): one fault, timed from its first entry.
@@ -124,6 +126,7 @@ fn fault_entry(address: u64, flags: u32) {
 fn fault_exit(ctx: &impl aya_ebpf::EbpfContext, ret: u32) {
     let cur = Current::get();
     let Some(start) = per_thread::get(&FAULT_START, &cur) else {
+        per_thread::missing(StartTable::Fault, &cur, || true);
         return;
     };
     // SAFETY: a value of our own map; only this thread writes its own entry.

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    COUNTER_MAP_ENTRIES, ConnState, DEFAULT_MAX_CGROUPS, DEFAULT_RING_SIZE, Event, FaultCache,
-    FaultCounts, UNATTRIBUTED,
+    COUNTER_MAP_ENTRIES, ConnState, ConnTableCounts, DEFAULT_MAX_CGROUPS, DEFAULT_RING_SIZE, Event,
+    FaultCache, FaultCounts, StartTable, UNATTRIBUTED,
 };
 
 use crate::per_thread::PerThread;
@@ -40,15 +40,21 @@ pub static FAULT_COUNTS: PerCpuHashMap<u64, FaultCounts, COUNTER_MAP_ENTRIES> =
 pub static FAULT_CACHE: PerCpuArray<FaultCache, 1> = PerCpuArray::new();
 
 /// socket address -> what we know of that TCP connection (cleaned at CLOSE; LRU bounds
-/// what connections that never close, or that we saw only half of, can hold).
+/// what connections that never close, or that we saw only half of, can hold). Its size is
+/// set by the daemon at load time (`--max-connections`).
 #[btf_map]
 pub static CONNECTIONS: LruHashMap<u64, ConnState, COUNTER_MAP_ENTRIES> = LruHashMap::new();
 
-/// Connections that reached CLOSE with no state here: opened before the daemon started, or
-/// evicted from the full `CONNECTIONS` table. They are still classified, from their final
-/// state only; this counts them so that evictions are never silent.
+/// Entries made in and removed from `CONNECTIONS`: the daemon derives how many the full
+/// table evicted. (A connection that reaches CLOSE with no state here is reported with
+/// `CLOSE_UNTRACKED`: it is still classified, from its final state only.)
 #[btf_map]
-pub static CONN_UNTRACKED: PerCpuArray<u64, 1> = PerCpuArray::new();
+pub static CONN_COUNTS: PerCpuArray<ConnTableCounts, 1> = PerCpuArray::new();
+
+/// Per `StartTable`: call starts the per-thread LRU table evicted before their call
+/// returned (see `per_thread::missing`; always 0 with task-local storage).
+#[btf_map]
+pub static STARTS_EVICTED: PerCpuArray<u64, { StartTable::ALL.len() }> = PerCpuArray::new();
 
 /// cgroup id -> retransmitted segments.
 #[btf_map]
@@ -67,7 +73,8 @@ pub static CALL_START: PerThread = PerThread::new();
 #[btf_map]
 pub static FAULT_START: PerThread = PerThread::new();
 
-const BPF_NOEXIST: u64 = 1;
+/// `BPF_NOEXIST`: insert only a key the map does not hold.
+pub const BPF_NOEXIST: u64 = 1;
 /// Bytes one record takes in a ring: an 8-byte header and the event, rounded up to 8.
 const RECORD: u64 = (8 + core::mem::size_of::<Event>() as u64).next_multiple_of(8);
 /// A quarter of the smallest ring (one 4 KiB page).
@@ -176,6 +183,22 @@ fn count_lost<C: aya_ebpf::EbpfContext>(ctx: &C, cgroup_id: u64) {
         atomic_add(n, 1);
     } else {
         let _ = LOST_EVENTS.insert(&UNATTRIBUTED, &1, 0);
+    }
+}
+
+/// Counts one entry made in `CONNECTIONS` (`removed` false) or removed at CLOSE (true).
+#[inline(always)]
+pub fn count_conn(removed: bool) {
+    if let Some(c) = CONN_COUNTS.get_ptr_mut(0) {
+        // SAFETY: field pointers into our own map value.
+        let field = unsafe {
+            if removed {
+                &raw mut (*c).removed
+            } else {
+                &raw mut (*c).inserted
+            }
+        };
+        atomic_add(field, 1);
     }
 }
 

@@ -5,19 +5,45 @@
 //! 5.10 cannot create a task storage map: the daemon embeds both objects and loads the
 //! first that its kernel takes).
 
-use observer_common::CallStart;
+use observer_common::{CallStart, StartTable};
 
 use crate::current::Current;
 
 #[cfg(not(feature = "task-storage"))]
 mod imp {
-    use aya_ebpf::{btf_maps::LruHashMap, helpers::bpf_get_current_pid_tgid};
-    use observer_common::{COUNTER_MAP_ENTRIES, CallStart};
+    use aya_ebpf::{
+        btf_maps::{Array, LruHashMap},
+        helpers::bpf_get_current_pid_tgid,
+        macros::btf_map,
+    };
+    use observer_common::{COUNTER_MAP_ENTRIES, CallStart, StartTable, THREAD_SEEN_WORDS};
 
     use crate::current::Current;
+    use crate::maps::{STARTS_EVICTED, atomic_add};
 
     /// `pid_tgid` -> the thread's call start (the map itself: its BTF is the definition).
+    /// Its size is set by the daemon at load time (`--max-threads`).
     pub type PerThread = LruHashMap<u64, CallStart, COUNTER_MAP_ENTRIES>;
+
+    /// Per table, one bit per thread id: set when that thread id got an entry in the table.
+    /// Entries are never deleted, only evicted, so a thread whose bit is set and that has
+    /// no entry lost it to the LRU (see [`missing`]).
+    #[btf_map]
+    static THREADS_SEEN: Array<u64, { 3 * THREAD_SEEN_WORDS as usize }> = Array::new();
+
+    /// The word and bit of thread `tid` in `table`'s part of [`THREADS_SEEN`].
+    #[inline(always)]
+    fn seen_bit(table: StartTable, tid: u32) -> Option<(*mut u64, u64)> {
+        let word = THREADS_SEEN.get_ptr_mut(table as u32 * THREAD_SEEN_WORDS + tid / 64)?;
+        Some((word, 1u64 << (tid % 64)))
+    }
+
+    /// The current thread's id (the low half of `pid_tgid`).
+    #[inline(always)]
+    #[expect(clippy::cast_possible_truncation, reason = "the low 32 bits")]
+    fn tid() -> u32 {
+        bpf_get_current_pid_tgid() as u32
+    }
 
     /// The current thread's value, if it has one.
     #[inline(always)]
@@ -25,10 +51,39 @@ mod imp {
         map.get_ptr_mut(&bpf_get_current_pid_tgid())
     }
 
-    /// Sets the current thread's value.
+    /// Sets the current thread's value, and notes that its thread id had an entry.
     #[inline(always)]
-    pub fn set(map: &PerThread, _: &Current, v: &CallStart) {
-        let _ = map.insert(&bpf_get_current_pid_tgid(), v, 0);
+    pub fn set(map: &PerThread, table: StartTable, _: &Current, v: &CallStart) {
+        if map.insert(&bpf_get_current_pid_tgid(), v, 0).is_err() {
+            return;
+        }
+        if let Some((word, bit)) = seen_bit(table, tid()) {
+            // SAFETY: a u64 of our own map; only this thread sets its own bit (two threads
+            // of one word add distinct bits, atomically).
+            if unsafe { *word } & bit == 0 {
+                atomic_add(word, bit);
+            }
+        }
+    }
+
+    /// The current thread's call returned and found no start in `table`: if its thread id
+    /// had an entry there since we loaded, and `in_call` says that the thread is in a call
+    /// whose entry we record, that entry was stored at the call's start (the thread's
+    /// calls since its first entry all began after it) and the LRU evicted it before the
+    /// return. Otherwise the call began before the programs were attached. Thread ids are
+    /// unique among live threads, so a reused id cannot pass for an older thread.
+    #[inline(always)]
+    pub fn missing(table: StartTable, _: &Current, in_call: impl Fn() -> bool) {
+        let Some((word, bit)) = seen_bit(table, tid()) else {
+            return;
+        };
+        // SAFETY: a u64 of our own map, read once.
+        if unsafe { *word } & bit != 0
+            && in_call()
+            && let Some(n) = STARTS_EVICTED.get_ptr_mut(table as u32)
+        {
+            atomic_add(n, 1);
+        }
     }
 }
 
@@ -38,7 +93,7 @@ mod imp {
         bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
         helpers::bpf_task_storage_get,
     };
-    use observer_common::CallStart;
+    use observer_common::{CallStart, StartTable};
 
     use crate::current::Current;
 
@@ -91,7 +146,7 @@ mod imp {
 
     /// Sets the current thread's value (creating its storage with it).
     #[inline(always)]
-    pub fn set(map: &PerThread, cur: &Current, v: &CallStart) {
+    pub fn set(map: &PerThread, _: StartTable, cur: &Current, v: &CallStart) {
         let mut init = *v;
         let p = map.storage(cur, true, &raw mut init);
         if !p.is_null() {
@@ -99,21 +154,25 @@ mod imp {
             unsafe { *p = *v };
         }
     }
+
+    /// Task storage lives as long as its task: no start is ever evicted.
+    #[inline(always)]
+    pub fn missing(_: StartTable, _: &Current, _: impl Fn() -> bool) {}
 }
 
-pub use imp::{PerThread, get, set};
+pub use imp::{PerThread, get, missing};
 
 /// Updates the current thread's start in place where it has one (an update of an LRU
 /// hash allocates a new element and unlinks the old one, several times a lookup), else
 /// creates it.
 #[inline(always)]
-pub fn store(map: &PerThread, cur: &Current, f: impl Fn(&mut CallStart)) {
+pub fn store(map: &PerThread, table: StartTable, cur: &Current, f: impl Fn(&mut CallStart)) {
     if let Some(p) = get(map, cur) {
         // SAFETY: a value of our own map; only this thread writes its own entry.
         f(unsafe { &mut *p });
     } else {
         let mut v = CallStart::default();
         f(&mut v);
-        set(map, cur, &v);
+        imp::set(map, table, cur, &v);
     }
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
         RetProbeContext, TracePointContext,
     },
 };
-use observer_common::{CALL_UNTIMED, CallResult, CallStart, Event, EventKind};
+use observer_common::{CALL_UNTIMED, CallResult, CallStart, Event, EventKind, StartTable};
 
 use crate::arch::nr;
 use crate::conn;
@@ -112,7 +112,7 @@ pub fn socklat_sys_enter(ctx: RawTracePointContext) -> i32 {
         core::hint::black_box(ts);
         return 0;
     }
-    per_thread::store(&SYSCALL_START, &Current::get(), |s| {
+    per_thread::store(&SYSCALL_START, StartTable::Syscall, &Current::get(), |s| {
         s.ts = ts;
         s.nr = id;
     });
@@ -173,8 +173,13 @@ fn socket_call_returned(ctx: &impl EbpfContext, kind: EventKind, sk: u64, ret: i
         send_event(ctx, &cur, kind, now(), ret);
         return;
     }
+    let start = per_thread::get(&SYSCALL_START, &cur);
+    if start.is_none() {
+        // Evicted while the syscall ran, if the thread is in one whose entry we record.
+        per_thread::missing(StartTable::Syscall, &cur, || timed_syscall(cur.syscall()));
+    }
     // SAFETY: a value of our own map; only this thread writes its own entry.
-    let start = per_thread::get(&SYSCALL_START, &cur).map(|s| unsafe { &mut *s });
+    let start = start.map(|s| unsafe { &mut *s });
     let in_syscall = |s: &&mut CallStart| {
         s.ts != 0 && (cfg!(feature = "ablate-syscall-check") || s.nr == cur.syscall())
     };
@@ -233,7 +238,7 @@ fn call_entry(sk: u64) {
         core::hint::black_box(ts);
         return;
     }
-    per_thread::store(&CALL_START, &Current::get(), |s| {
+    per_thread::store(&CALL_START, StartTable::Call, &Current::get(), |s| {
         s.ts = ts;
         s.sk = sk;
     });
@@ -251,6 +256,7 @@ fn call_exit(ctx: &impl EbpfContext, kind: EventKind, ret: i32) {
     }
     // SAFETY: a value of our own map; only this thread writes its own entry.
     let Some(start) = per_thread::get(&CALL_START, &cur).map(|s| unsafe { &mut *s }) else {
+        per_thread::missing(StartTable::Call, &cur, || true);
         send_event(ctx, &cur, kind, 0, CALL_UNTIMED);
         return;
     };

@@ -9,8 +9,9 @@ use clap::Parser;
 
 use crate::histograms::Histograms;
 use crate::probe_mode::ProbeMode;
+use crate::ring_budget::RingMemory;
 use crate::signal::Signal;
-use crate::units::{parse_duration, parse_ring_size};
+use crate::units::{parse_duration, parse_max_connections, parse_max_threads, parse_ring_size};
 
 /// eBPF TCP socket latency, connection outcome and page fault observer, per cgroup.
 #[derive(Parser, Debug, Clone)]
@@ -66,6 +67,31 @@ pub struct Cli {
     /// quarter full; the shared ring is four times this size (at least 1 MiB).
     #[arg(long, env = "SOCKLAT_RING_SIZE", default_value = "256K", value_parser = parse_ring_size)]
     pub ring_size: u32,
+
+    /// Memory for all ring buffers together (the shared ring and every cgroup's ring):
+    /// `auto` (the memory cgroup's limit minus what the loaded daemon uses and a reserve for
+    /// its heap; without a limit, every cgroup's ring at --ring-size), or bytes (K, M, G).
+    /// Rings grow only within it, the busiest first: a cgroup that cannot grow its ring
+    /// takes room from cgroups less than half as busy, else its events go to the shared
+    /// ring.
+    #[arg(long, env = "SOCKLAT_RING_MEMORY", default_value = "auto",
+          value_parser = RingMemory::parse)]
+    pub ring_memory: RingMemory,
+
+    /// Connections the kernel keeps state for at once (an LRU table of 88 bytes per entry);
+    /// beyond it the least recently active lose theirs and are classified from their final
+    /// state when they close (`socklat_tcp_connections_untracked_total`).
+    #[arg(long, env = "SOCKLAT_MAX_CONNECTIONS", default_value = "65536",
+          value_parser = parse_max_connections)]
+    pub max_connections: u32,
+
+    /// Threads the kernel keeps an in-flight call for at once, where per-thread state is
+    /// not in task-local storage (kernels that cannot create it, e.g. 5.10): three LRU
+    /// tables of 96 bytes per entry (syscall entries, socket call entries, page fault
+    /// entries).
+    #[arg(long, env = "SOCKLAT_MAX_THREADS", default_value = "65536",
+          value_parser = parse_max_threads)]
+    pub max_threads: u32,
 
     /// Signals to enable, comma separated: sendmsg, recvmsg, connections, pagefaults.
     #[arg(long, env = "SOCKLAT_SIGNALS", value_delimiter = ',',
@@ -142,6 +168,34 @@ mod tests {
         assert_eq!(c.histograms, Histograms::Both);
         assert_eq!(c.web_config_file, None);
         assert_eq!(c.healthz_listen, None);
+        assert_eq!(c.ring_memory, RingMemory::Auto);
+        assert_eq!(c.max_connections, 65536);
+        assert_eq!(c.max_threads, 65536);
+    }
+
+    #[test]
+    fn table_sizes_and_budget_are_validated() {
+        let c = parse(&[
+            "--max-connections",
+            "300000",
+            "--max-threads",
+            "8192",
+            "--ring-memory",
+            "96M",
+        ])
+        .unwrap();
+        assert_eq!(c.max_connections, 300_000);
+        assert_eq!(c.max_threads, 8192);
+        assert_eq!(c.ring_memory, RingMemory::Bytes(96 << 20));
+        for (flag, bad, want) in [
+            ("--max-connections", "10", "from 1024 to 16777216"),
+            ("--max-connections", "many", "is not a number"),
+            ("--max-threads", "99999999", "from 1024 to 4194304"),
+            ("--ring-memory", "lots", "auto or a size"),
+        ] {
+            let e = parse(&[flag, bad]).unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains(want), "{e}");
+        }
     }
 
     #[test]

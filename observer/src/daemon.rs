@@ -1,9 +1,10 @@
 //! The daemon: checks the environment, loads and attaches the probes, starts the collector
 //! and the HTTP server, and shuts down cleanly on SIGTERM/SIGINT.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::cgroups::{Resolver, cgroup2_mount, check_cgroup2_root};
+use crate::cgroups::{Resolver, cgroup2_mount, check_cgroup2_root, memory};
 use crate::cli::Cli;
 use crate::collector::{self, Maps, Settings};
 use crate::error::Error;
@@ -13,6 +14,7 @@ use crate::kernel::load::{self, LoadError};
 use crate::kube::NameSource;
 use crate::probe_mode::ProbeMode;
 use crate::report::has_errno;
+use crate::ring_budget::{self, Budget, MemoryFacts, mib};
 
 /// Size of the shared ring: it carries every cgroup's events until the cgroup has a ring
 /// of its own, and all events of cgroups over `--max-cgroups`.
@@ -98,14 +100,75 @@ fn resolver(cli: &Cli, cgroup_root: std::path::PathBuf) -> Result<Resolver, Erro
     Ok(resolver.with_names(names))
 }
 
-/// What `--check` prints: the mode chosen per signal and why the better ones were not.
-fn print_check(cli: &Cli, cgroup_root: &std::path::Path, loaded: &load::Loaded) {
+/// The daemon's memory cgroup, its limit and what it uses now (once loaded), and a line
+/// saying so.
+fn memory_facts() -> (MemoryFacts, String) {
+    let Some((cg, limit)) = memory::own() else {
+        return (
+            MemoryFacts::default(),
+            "no memory cgroup found: no limit".to_string(),
+        );
+    };
+    let in_use = cg.usage();
+    let layout = match cg.layout {
+        memory::Layout::V2 => "cgroup v2",
+        memory::Layout::V1 => "cgroup v1",
+    };
+    let mut line = format!("memory cgroup {} ({layout}): ", cg.dir.display());
+    match &limit {
+        Some(l) => {
+            let _ = write!(
+                line,
+                "limit {} ({} of {})",
+                mib(l.bytes),
+                l.layout.limit_file(),
+                l.from.display()
+            );
+        }
+        None => line.push_str("no limit"),
+    }
+    if let Some(u) = in_use {
+        let _ = write!(line, ", in use after loading {}", mib(u));
+    }
+    (
+        MemoryFacts {
+            limit: limit.map(|l| l.bytes),
+            in_use,
+        },
+        line,
+    )
+}
+
+/// The ring memory budget, and the lines that say how it was set.
+fn ring_budget(cli: &Cli) -> Result<(Budget, String), Error> {
+    let (facts, line) = memory_facts();
+    let budget = ring_budget::budget(
+        cli.ring_memory,
+        &facts,
+        cli.max_cgroups,
+        cli.ring_size,
+        shared_ring_size(cli.ring_size),
+    )?;
+    Ok((budget, line))
+}
+
+/// What `--check` prints: the mode chosen per signal and why the better ones were not, the
+/// memory budget and the kernel's tables.
+fn print_check(
+    cli: &Cli,
+    cgroup_root: &std::path::Path,
+    loaded: &load::Loaded,
+    (budget, memory): &(Budget, String),
+) {
     println!(
         "socklat {} --check (probe mode {})",
         env!("CARGO_PKG_VERSION"),
         cli.probe_mode.name()
     );
     println!("cgroup v2 at {}", cgroup_root.display());
+    println!("{memory}");
+    println!("ring memory budget: {} ({})", mib(budget.bytes), budget.how);
+    println!("kernel tables: {}", loaded.describe_tables(cli));
     println!("kernel object: {}", loaded.form.describe());
     for c in &loaded.choices {
         for line in c.describe().lines() {
@@ -234,8 +297,14 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
         .map(Choice::describe)
         .collect();
 
+    // Loading parsed kernel BTF and the object (tens of MiB, freed by now): give the freed
+    // heap back to the system instead of keeping it resident for the daemon's lifetime
+    // (and before the memory cgroup's usage is read for the budget).
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe { libc::malloc_trim(0) };
+    let budget = ring_budget(cli)?;
     if cli.check {
-        print_check(cli, &cgroup_root, &loaded);
+        print_check(cli, &cgroup_root, &loaded, &budget);
         return Ok(i32::from(!missing.is_empty()));
     }
     if loaded.choices.iter().all(|c| c.mode.is_none())
@@ -246,11 +315,13 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
     for m in &missing {
         log::warn!("signal not observed: {m}");
     }
-
-    // Loading parsed kernel BTF and the object (tens of MiB, freed by now): give the freed
-    // heap back to the system instead of keeping it resident for the daemon's lifetime.
-    // SAFETY: malloc_trim only releases free memory of the allocator.
-    unsafe { libc::malloc_trim(0) };
+    log::info!("{}", budget.1);
+    log::info!(
+        "ring memory budget: {} ({})",
+        mib(budget.0.bytes),
+        budget.0.how
+    );
+    log::info!("kernel tables: {}", loaded.describe_tables(cli));
     // Attached: from here on only ring creation and map access, which need CAP_BPF alone.
     // Before any thread starts, so that all inherit the reduced sets.
     match caps::keep_only(&[CAP_BPF]) {
@@ -271,6 +342,10 @@ pub fn run(cli: &Cli) -> Result<i32, Error> {
             max_cgroups: usize::try_from(cli.max_cgroups).unwrap_or(usize::MAX),
             window: cli.window,
             ring_size: cli.ring_size,
+            ring_budget: budget.0.bytes,
+            shared_ring_size: shared_ring_size(cli.ring_size),
+            tables: loaded.tables(cli),
+            max_connections: cli.max_connections,
             cgroup_ttl: cli.cgroup_ttl,
             probes,
             resolver,

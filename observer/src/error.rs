@@ -17,6 +17,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The ring memory budget cannot be used.
+    #[error(transparent)]
+    Budget(#[from] crate::ring_budget::BudgetError),
     /// The web configuration file cannot be used.
     #[error(transparent)]
     WebConfig(#[from] crate::server::web_config::WebConfigError),

@@ -24,6 +24,8 @@ pub mod cgroups;
 pub mod cli;
 pub mod exposition;
 pub mod kube;
+pub mod ring_budget;
+pub mod ring_plan;
 pub mod server;
 pub mod top;
 

@@ -68,6 +68,45 @@ pub fn parse_ring_size(s: &str) -> Result<u32, String> {
     u32::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large"))
 }
 
+/// Smallest size of a kernel table set on the command line: the kernel's LRU keeps up to
+/// 128 free entries per CPU aside, so a smaller table evicts long before it is full.
+pub const MIN_TABLE_ENTRIES: u32 = 1024;
+/// Largest `--max-connections` (1.4 GiB of kernel memory at 88 bytes an entry).
+pub const MAX_CONNECTIONS: u32 = 1 << 24;
+/// Largest `--max-threads`: the kernel's limit on thread ids (`PID_MAX_LIMIT`).
+pub const MAX_THREADS: u32 = 1 << 22;
+
+/// Parses a table size from `min` to `max` entries of `entry_bytes` each.
+fn parse_table(s: &str, max: u32, entry_bytes: u32) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of entries (e.g. 65536)"))?;
+    if !(MIN_TABLE_ENTRIES..=max).contains(&n) {
+        return Err(format!(
+            "{n} is out of range: from {MIN_TABLE_ENTRIES} to {max} entries \
+             ({entry_bytes} bytes of kernel memory each)"
+        ));
+    }
+    Ok(n)
+}
+
+/// Parses `--max-connections`.
+///
+/// # Errors
+/// One line naming the problem.
+pub fn parse_max_connections(s: &str) -> Result<u32, String> {
+    parse_table(s, MAX_CONNECTIONS, 88)
+}
+
+/// Parses `--max-threads`.
+///
+/// # Errors
+/// One line naming the problem.
+pub fn parse_max_threads(s: &str) -> Result<u32, String> {
+    parse_table(s, MAX_THREADS, 96)
+}
+
 /// The page size of this machine.
 #[must_use]
 pub fn page_size() -> u64 {

@@ -33,8 +33,8 @@ pub struct Opts {
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub daemon_args: String,
     /// Parts to run: kernel-cost, throughput, conntrack, connect, faults, pipeline, memory,
-    /// scrape (comma separated; scrape is not in the default set: it makes 1000 cgroups
-    /// three times).
+    /// scrape, big-node (comma separated; scrape and big-node are not in the default set:
+    /// they make 1000 cgroups several times).
     #[arg(
         long,
         value_delimiter = ',',
@@ -588,6 +588,68 @@ fn memory(bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// Request/responses each busy cgroup's client makes in the big-node part, 256 sent before
+/// their answers are read: 8 000 events (256 KiB of ring records) in bursts of 256 calls
+/// each way, so that rings fill between drains and grow.
+const BUSY_REQUESTS: usize = 4000;
+const BUSY_DEPTH: usize = 256;
+
+/// Memory charged to the daemon's memory cgroup (heap, ring pages, kernel maps) at 1, 100
+/// and 1000 busy cgroups whose rings grew, at default settings: without a limit (the
+/// budget is every cgroup's ring at `--ring-size`) and in the `DaemonSet`'s 192 MiB (the
+/// budget derived from it).
+fn big_node(bin: &Path, rows: &mut Vec<Row>) -> Result<()> {
+    use crate::load::memcg::MemoryCgroup;
+    const MIB: f64 = 1_048_576.0;
+    let cg_root = PathBuf::from(cgroup2_root()?);
+    let server = EchoServer::start(64);
+    for limit in [None, Some(192u64 << 20)] {
+        for n in [1usize, 100, 1000] {
+            let mem = MemoryCgroup::create("daemon", limit)?;
+            let daemon = Socklat::start_in(bin, &[], Some(&mem.procs()))?;
+            let started = mem.usage();
+            let dirs = cgroups::make_busy(&cg_root, n, server.addr(), BUSY_REQUESTS, BUSY_DEPTH)?;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let text = scrape(daemon.addr());
+            let (usage, peak) = (mem.usage(), mem.peak());
+            let (rss, _, _) = rss_kib(daemon.pid());
+            daemon.stop();
+            cgroups::remove_all(&dirs);
+            let rings = metric_sum(&text, Family::RingMemory);
+            let budget = metric_sum(&text, Family::RingBudget);
+            let denied = metric_sum(&text, Family::RingGrowthsDenied);
+            let (events, lost) = event_counts(&text);
+            #[expect(clippy::cast_precision_loss, reason = "memory sizes far below 2^52")]
+            let (usage, peak, started) =
+                (usage as f64 / MIB, peak as f64 / MIB, started as f64 / MIB);
+            let limit_name =
+                limit.map_or("no limit".to_string(), |l| format!("limit {} MiB", l >> 20));
+            step(&format!(
+                "{n} busy cgroups, {limit_name}: memory cgroup {usage:.1} MiB (peak {peak:.1}, \
+                 {started:.1} at start), rings {:.1} of budget {:.1} MiB, {denied} growths \
+                 denied, VmRSS {:.1} MiB, {events} events, {lost} lost",
+                rings / MIB,
+                budget / MIB,
+                mib(rss)
+            ));
+            rows.push(Row {
+                name: format!(
+                    "memory cgroup of the daemon, {n} busy cgroups (rings grown), {limit_name}"
+                ),
+                value: format!(
+                    "{usage:.1} MiB (peak {peak:.1}; rings {:.1} of a {:.1} MiB budget, {denied} \
+                     growths denied; {lost} of {} events lost)",
+                    rings / MIB,
+                    budget / MIB,
+                    events + lost
+                ),
+            });
+        }
+    }
+    server.stop();
+    Ok(())
+}
+
 /// Scrape size and time per `--histograms` setting, format and compression, at 1, 100 and
 /// 1000 active cgroups: one daemon per setting (tracepoint mode, all signals), the same
 /// cgroups' traffic seen by all three; the median of `--rounds` scrapes (at least 5).
@@ -776,6 +838,9 @@ pub fn bench(o: &Opts) -> Result<()> {
     }
     if want("scrape") {
         scrape_sizes(o, &bin, &mut rows)?;
+    }
+    if want("big-node") {
+        big_node(&bin, &mut rows)?;
     }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(

@@ -67,7 +67,13 @@ enum Cmd {
     Soak(soak::Opts),
     /// (internal) the client process of the memory benchmark.
     #[command(hide = true)]
-    BenchClient { addr: String, requests: usize },
+    BenchClient {
+        addr: String,
+        requests: usize,
+        /// Requests sent before their responses are read (a burst of socket calls).
+        #[arg(long, default_value_t = 1)]
+        depth: usize,
+    },
     /// Clippy (pedantic, workspace level, warnings denied) and rustfmt.
     Lint,
     /// Validate deploy/: Kubernetes schemas, checkov, cross-checks of the manifests.
@@ -110,6 +116,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::VmTest(o) => vm::vm_test(&o),
         Cmd::VmBench(o) => vm::bench::vm_bench(&o),
         Cmd::GuestBench(o) => vm::guest_bench::run(&o),
-        Cmd::BenchClient { addr, requests } => load::traffic::client(&addr, requests),
+        Cmd::BenchClient {
+            addr,
+            requests,
+            depth,
+        } => load::traffic::client(&addr, requests, depth),
     }
 }

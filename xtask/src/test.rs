@@ -130,6 +130,8 @@ pub fn all() -> Result<()> {
         "--test",
         "reliability",
         "--test",
+        "big_node",
+        "--test",
         "accuracy",
         "--test",
         "resets",

@@ -1,7 +1,9 @@
 //! Everything known about one cgroup (or about `_other`): its socket calls, connections and
 //! page fault durations, recorded from decoded events.
 
-use observer_common::{CallResult, Event, EventKind, FAULT_MAJOR, Outcome, split_close_result};
+use observer_common::{
+    CallResult, Event, EventKind, FAULT_MAJOR, Outcome, close_untracked, split_close_result,
+};
 
 use super::connections::ConnAgg;
 use super::duration::DurationAgg;
@@ -55,6 +57,14 @@ impl CgroupAgg {
         self.conns.get_or_insert_default().record(outcome, epoch);
     }
 
+    /// Counts a close event's [`observer_common::CLOSE_UNTRACKED`] flag, when it has it
+    /// (when it was received: a held close is counted later, in the same cgroup).
+    pub fn note_untracked(&mut self, ev: &Event) {
+        if close_untracked(ev.result) {
+            self.conns.get_or_insert_default().untracked += 1;
+        }
+    }
+
     /// Records one event. `epoch` is the current window slice. False when the event's kind
     /// or outcome is unknown (a newer kernel object?): nothing is recorded then.
     #[inline]
@@ -76,6 +86,7 @@ impl CgroupAgg {
                     return false;
                 };
                 self.events[Signal::Connections as usize] += 1;
+                self.note_untracked(ev);
                 self.record_close(outcome, epoch);
                 return true;
             }

@@ -12,6 +12,9 @@ use super::SLICES;
 #[derive(Default)]
 pub struct ConnAgg {
     pub outcomes: [u64; Outcome::ALL.len()],
+    /// Closes of connections the kernel's table held no state for (evicted, or opened
+    /// before the daemon started): classified from their final state only.
+    pub untracked: u64,
     slices: VecDeque<(u64, u64, u64)>,
 }
 

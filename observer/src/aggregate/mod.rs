@@ -298,11 +298,13 @@ fn record(agg: &mut CgroupAgg, pending: &mut PendingCloses, ev: &Event, now: Now
         Step::Record => agg.record(ev, now.epoch),
         Step::Close(outcome) => {
             agg.events[Signal::Connections as usize] += 1;
+            agg.note_untracked(ev);
             agg.record_close(outcome, now.epoch);
             true
         }
         Step::Taken => {
             agg.events[Signal::Connections as usize] += 1;
+            agg.note_untracked(ev);
             true
         }
     }

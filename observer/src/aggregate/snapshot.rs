@@ -29,6 +29,8 @@ pub struct ConnSnapshot {
     pub outcomes: [u64; Outcome::ALL.len()],
     /// Abnormal / closed over the window, `None` when nothing closed in it.
     pub window_ratio: Option<f64>,
+    /// Closes classified without the kernel's state of the connection, since start.
+    pub untracked: u64,
 }
 
 /// What a scrape shows of one cgroup; `id` is `None` for `_other`.
@@ -65,6 +67,7 @@ impl CgroupSnapshot {
         let conns = agg.conns.as_deref_mut().map(|c| ConnSnapshot {
             outcomes: c.outcomes,
             window_ratio: c.window_ratio(epoch),
+            untracked: c.untracked,
         });
         CgroupSnapshot {
             id,

@@ -1,6 +1,8 @@
 //! Resolving cgroup ids to labels (cached); where cgroup v2 is mounted is in [`mount`],
-//! the Kubernetes part of the labels comes from [`crate::kube`].
+//! the daemon's own memory cgroup and its limit in [`memory`], the Kubernetes part of the
+//! labels comes from [`crate::kube`].
 
+pub mod memory;
 pub mod mount;
 
 use std::io;

@@ -1,21 +1,32 @@
-//! The counters the kernel keeps per CPU (lost events, page faults, retransmits, untracked
-//! connections), summed over CPUs into one count per cgroup at scrape time.
+//! The counters the kernel keeps per CPU (lost events, page faults, retransmits, entries of
+//! the connection table, evicted call starts), summed over CPUs at scrape time: per cgroup,
+//! or for the whole node.
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::util::nr_cpus;
-use observer_common::{FaultCache, FaultCounts, UNATTRIBUTED, names};
+use observer_common::{ConnTableCounts, FaultCache, FaultCounts, StartTable, UNATTRIBUTED, names};
 
 use crate::aggregate::KernelCounts;
 use crate::error::Error;
 use crate::idmap::IdMap;
 
 /// The kernel's per-CPU counter maps.
+pub struct Maps {
+    pub lost: PerCpuHashMap<MapData, u64, u64>,
+    pub faults: PerCpuHashMap<MapData, u64, FaultCounts>,
+    pub retransmits: PerCpuHashMap<MapData, u64, u64>,
+    pub fault_cache: PerCpuArray<MapData, FaultCache>,
+    pub conn_counts: PerCpuArray<MapData, ConnTableCounts>,
+    pub starts_evicted: PerCpuArray<MapData, u64>,
+}
+
+/// The kernel's per-CPU counters, read.
 pub struct KernelCounters {
-    lost: PerCpuHashMap<MapData, u64, u64>,
-    faults: PerCpuHashMap<MapData, u64, FaultCounts>,
-    retransmits: PerCpuHashMap<MapData, u64, u64>,
-    fault_cache: PerCpuArray<MapData, FaultCache>,
-    conn_untracked: PerCpuArray<MapData, u64>,
+    maps: Maps,
+    /// Entries the connection table holds (`--max-connections`).
+    conn_capacity: u64,
+    /// The most connection entries known evicted so far (see [`Counts::connections_evicted`]).
+    conn_evicted: u64,
     /// Highest fault counts shown per cgroup: the kernel moves counts from its per-CPU
     /// cache to the hash while we read, so a scrape may miss some; never show less.
     fault_floor: IdMap<FaultCounts>,
@@ -28,8 +39,13 @@ pub struct Counts {
     pub per_cgroup: IdMap<KernelCounts>,
     /// Events lost whose cgroup the kernel could not record.
     pub unattributed_lost: u64,
-    /// Connections that closed with no state in the kernel's table.
-    pub untracked_connections: u64,
+    /// Connection states the full table evicted, at least: the entries made beyond those
+    /// removed at CLOSE and beyond the table's size, the highest that was so far (entries
+    /// in the table never exceed its size; the kernel's LRU frees up to 128 entries per
+    /// CPU ahead of need, which this bound does not see).
+    pub connections_evicted: u64,
+    /// In-flight call starts evicted, per [`StartTable`].
+    pub starts_evicted: [u64; StartTable::ALL.len()],
 }
 
 impl KernelCounters {
@@ -38,35 +54,44 @@ impl KernelCounters {
     ///
     /// # Errors
     /// When the slot cannot be created.
-    pub fn new(
-        mut lost: PerCpuHashMap<MapData, u64, u64>,
-        faults: PerCpuHashMap<MapData, u64, FaultCounts>,
-        retransmits: PerCpuHashMap<MapData, u64, u64>,
-        fault_cache: PerCpuArray<MapData, FaultCache>,
-        conn_untracked: PerCpuArray<MapData, u64>,
-    ) -> Result<Self, Error> {
+    pub fn new(mut maps: Maps, max_connections: u32) -> Result<Self, Error> {
         let cpus = nr_cpus().map_err(|(_, e)| Error::Io("nr_cpus", e))?;
         let zeros = PerCpuValues::try_from(vec![0u64; usize::try_from(cpus.get()).unwrap_or(1)])
             .map_err(|e| Error::Io("per-cpu values", e))?;
-        lost.insert(&UNATTRIBUTED, zeros, 0)
+        maps.lost
+            .insert(&UNATTRIBUTED, zeros, 0)
             .map_err(|source| Error::Map {
                 name: names::LOST_EVENTS,
                 source,
             })?;
         Ok(Self {
-            lost,
-            faults,
-            retransmits,
-            fault_cache,
-            conn_untracked,
+            maps,
+            conn_capacity: u64::from(max_connections),
+            conn_evicted: 0,
             fault_floor: IdMap::default(),
         })
+    }
+
+    /// The connection table's counts summed over CPUs, and the evictions they prove.
+    fn connections_evicted(&mut self) -> u64 {
+        let (mut inserted, mut removed) = (0u64, 0u64);
+        if let Ok(per_cpu) = self.maps.conn_counts.get(&0, 0) {
+            for c in per_cpu.iter() {
+                inserted += c.inserted;
+                removed += c.removed;
+            }
+        }
+        let beyond = inserted
+            .saturating_sub(removed)
+            .saturating_sub(self.conn_capacity);
+        self.conn_evicted = self.conn_evicted.max(beyond);
+        self.conn_evicted
     }
 
     /// Reads every counter, summed over CPUs.
     pub fn read(&mut self) -> Counts {
         let mut faults: IdMap<FaultCounts> = IdMap::default();
-        for (id, per_cpu) in self.faults.iter().flatten() {
+        for (id, per_cpu) in self.maps.faults.iter().flatten() {
             let f = faults.entry(id).or_default();
             for c in per_cpu.iter() {
                 f.add(c);
@@ -74,7 +99,7 @@ impl KernelCounters {
         }
         // Then the per-CPU caches (read after the hash: a count moving meanwhile is missed
         // once, never counted twice).
-        if let Ok(per_cpu) = self.fault_cache.get(&0, 0) {
+        if let Ok(per_cpu) = self.maps.fault_cache.get(&0, 0) {
             for c in per_cpu.iter().filter(|c| c.cgroup_id != 0) {
                 faults.entry(c.cgroup_id).or_default().add(&FaultCounts {
                     user: c.counts.user,
@@ -94,7 +119,7 @@ impl KernelCounters {
                 .map(|(id, per_cpu)| (id, per_cpu.iter().sum()))
                 .collect()
         };
-        let mut lost = sum(&self.lost);
+        let mut lost = sum(&self.maps.lost);
         let unattributed_lost = lost.remove(&UNATTRIBUTED).unwrap_or(0);
         let mut per_cgroup: IdMap<KernelCounts> = IdMap::default();
         for (id, f) in faults {
@@ -103,21 +128,30 @@ impl KernelCounters {
         for (id, n) in lost {
             per_cgroup.entry(id).or_default().lost = n;
         }
-        for (id, n) in sum(&self.retransmits) {
+        for (id, n) in sum(&self.maps.retransmits) {
             per_cgroup.entry(id).or_default().retransmits = n;
+        }
+        let mut starts_evicted = [0; StartTable::ALL.len()];
+        for (t, n) in StartTable::ALL.iter().zip(&mut starts_evicted) {
+            *n = self
+                .maps
+                .starts_evicted
+                .get(&(*t as u32), 0)
+                .map_or(0, |v| v.iter().sum());
         }
         Counts {
             per_cgroup,
             unattributed_lost,
-            untracked_connections: self.conn_untracked.get(&0, 0).map_or(0, |v| v.iter().sum()),
+            connections_evicted: self.connections_evicted(),
+            starts_evicted,
         }
     }
 
     /// Drops a dead cgroup's counters.
     pub fn forget(&mut self, id: u64) {
-        let _ = self.lost.remove(&id);
-        let _ = self.faults.remove(&id);
-        let _ = self.retransmits.remove(&id);
+        let _ = self.maps.lost.remove(&id);
+        let _ = self.maps.faults.remove(&id);
+        let _ = self.maps.retransmits.remove(&id);
         self.fault_floor.remove(&id);
     }
 }

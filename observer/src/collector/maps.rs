@@ -2,7 +2,7 @@
 //! by one generic taker.
 
 use aya::maps::{HashOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
-use observer_common::{FaultCache, FaultCounts, names};
+use observer_common::{ConnTableCounts, FaultCache, FaultCounts, names};
 
 use crate::error::Error;
 
@@ -14,7 +14,8 @@ pub struct Maps {
     pub faults: PerCpuHashMap<MapData, u64, FaultCounts>,
     pub retransmits: PerCpuHashMap<MapData, u64, u64>,
     pub fault_cache: PerCpuArray<MapData, FaultCache>,
-    pub conn_untracked: PerCpuArray<MapData, u64>,
+    pub conn_counts: PerCpuArray<MapData, ConnTableCounts>,
+    pub starts_evicted: PerCpuArray<MapData, u64>,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -47,7 +48,8 @@ impl Maps {
             faults: take(ebpf, names::FAULT_COUNTS)?,
             retransmits: take(ebpf, names::RETRANSMITS)?,
             fault_cache: take(ebpf, names::FAULT_CACHE)?,
-            conn_untracked: take(ebpf, names::CONN_UNTRACKED)?,
+            conn_counts: take(ebpf, names::CONN_COUNTS)?,
+            starts_evicted: take(ebpf, names::STARTS_EVICTED)?,
             logger,
         })
     }

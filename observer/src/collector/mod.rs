@@ -5,13 +5,16 @@
 //!
 //! Files: [`sys`] (epoll, eventfd), [`handle`] (the HTTP side's link), [`maps`] (taking the
 //! maps out of the object), [`installer`] (the thread that updates the kernel's ring map),
-//! [`slots`] (rings per cgroup, growth, retirement), [`counters`] (per-CPU kernel counters),
-//! and here the loop, the shared ring, garbage collection and the scrape.
+//! [`metered`] (rings with their memory counted), [`slots`] (rings per cgroup, replacement,
+//! retirement), [`growth`] (when rings grow within the budget), [`counters`] (per-CPU
+//! kernel counters), and here the loop, the shared ring, garbage collection and the scrape.
 
 mod counters;
+mod growth;
 mod handle;
 mod installer;
 mod maps;
+mod metered;
 mod slots;
 mod sys;
 
@@ -34,7 +37,7 @@ use crate::signal::Signal;
 use counters::KernelCounters;
 use handle::Inbox;
 use installer::Installer;
-use slots::{BATCH, Rings};
+use slots::{BATCH, OnShared, Rings};
 use sys::{Epoll, EventFd};
 
 const TOKEN_CONTROL: u64 = 0;
@@ -51,6 +54,13 @@ pub struct Settings {
     pub max_cgroups: usize,
     pub window: Duration,
     pub ring_size: u32,
+    /// Bytes all rings may take together (the shared ring's included).
+    pub ring_budget: u64,
+    pub shared_ring_size: u32,
+    /// The kernel's tables and their sizes (`table` label, entries), and the size of the
+    /// connection table (for its evictions).
+    pub tables: Vec<(&'static str, u64)>,
+    pub max_connections: u32,
     pub cgroup_ttl: Duration,
     pub probes: Vec<(Signal, ProbeMode)>,
     pub resolver: Resolver,
@@ -78,6 +88,7 @@ struct Collector {
     /// Cgroups admitted since the last poll tick, to be resolved to their path while their
     /// directory still exists (a short-lived cgroup may be gone by the next scrape).
     unresolved: Vec<u64>,
+    tables: Vec<(&'static str, u64)>,
 }
 
 /// Starts the collector thread.
@@ -95,11 +106,27 @@ pub fn spawn(
         faults,
         retransmits,
         fault_cache,
-        conn_untracked,
+        conn_counts,
+        starts_evicted,
         logger,
     } = maps;
-    let rings = Rings::new(Installer::spawn(outer)?, settings.ring_size);
-    let counters = KernelCounters::new(lost, faults, retransmits, fault_cache, conn_untracked)?;
+    let rings = Rings::new(
+        Installer::spawn(outer)?,
+        settings.ring_size,
+        settings.ring_budget,
+        settings.shared_ring_size,
+    );
+    let counters = KernelCounters::new(
+        counters::Maps {
+            lost,
+            faults,
+            retransmits,
+            fault_cache,
+            conn_counts,
+            starts_evicted,
+        },
+        settings.max_connections,
+    )?;
     let epoll = Epoll::new().map_err(|e| Error::Io("epoll_create1", e))?;
     let (handle, inbox) = Handle::pair(EventFd::new().map_err(|e| Error::Io("eventfd", e))?);
     let epoll_add = |fd, token| epoll.add(fd, token).map_err(|e| Error::Io("epoll_ctl", e));
@@ -125,6 +152,7 @@ pub fn spawn(
         idle: IdMap::default(),
         last_gc: Instant::now(),
         unresolved: Vec::new(),
+        tables: settings.tables,
     };
     let join = std::thread::Builder::new()
         .name("socklat-collector".into())
@@ -187,6 +215,7 @@ impl Collector {
         self.rings.completions(&self.epoll, &mut self.agg, now);
         self.drain_shared();
         self.rings.drain_all(&mut self.agg, now);
+        self.rings.every_second(&self.epoll);
         self.agg.settle(now);
         // At most one rescan of the cgroup tree per tick, and only when a new cgroup came.
         if !self.unresolved.is_empty() {
@@ -218,20 +247,21 @@ impl Collector {
             if admission == Admission::Other {
                 continue;
             }
-            if !self.rings.knows(cgroup_id) {
-                if self.rings.give(&self.epoll, cgroup_id) {
+            match self.rings.on_shared(cgroup_id) {
+                OnShared::New => {
+                    self.rings.give(&self.epoll, cgroup_id);
                     self.unresolved.push(cgroup_id);
                 }
-            } else if let Some(i) = self.rings.installed_slot(cgroup_id) {
                 // An admitted cgroup's event on the shared ring: its own ring overflowed
-                // (the kernel spills to the shared ring). Give it the largest ring now.
-                spilled.push(i);
+                // (the kernel spills to the shared ring). It asks for the largest ring.
+                OnShared::Spilled(i) => spilled.push(i),
+                OnShared::NoRing => {}
             }
         }
         spilled.sort_unstable();
         spilled.dedup();
         for i in spilled {
-            self.rings.grow_to(&self.epoll, i, u32::MAX);
+            self.rings.grow_to_max(&self.epoll, i);
         }
     }
 
@@ -353,15 +383,21 @@ impl Collector {
             .iter()
             .map(|p| crate::kernel::prog_info::recursion_misses(p.as_fd()))
             .sum();
+        let (ring_memory, ring_budget, ring_growths_denied) = self.rings.memory();
         Scrape {
             rows,
             probe_misses,
-            untracked_connections: counts.untracked_connections,
             probes: self.probes.clone(),
             tracked: self.agg.tracked(),
             events,
             undecodable: self.agg.intake().undecodable,
             ring_create_failures: self.rings.create_failures(),
+            ring_memory,
+            ring_budget,
+            ring_growths_denied,
+            connections_evicted: counts.connections_evicted,
+            starts_evicted: counts.starts_evicted,
+            tables: self.tables.clone(),
         }
     }
 }

@@ -1,20 +1,18 @@
 //! The per-cgroup rings: one slot per admitted cgroup with its ring and the ring's state in
-//! the kernel's map, growth of busy cgroups' rings, and the retirement of replaced rings.
+//! the kernel's map, replacement of a slot's ring by a bigger or smaller one, and the
+//! retirement of replaced rings. When rings grow, within the budget, is [`super::growth`].
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
-use aya::maps::{MapData, RingBuf};
-
 use super::installer::Installer;
+use super::metered::{Meter, Ring};
 use super::sys::Epoll;
 use crate::aggregate::{Aggregator, Now};
 use crate::idmap::IdMap;
+pub use crate::ring_plan::INITIAL_RING_SIZE;
+use crate::ring_plan::{Heat, RingView};
 
-/// Size of a cgroup's first ring. Rings grow (x4, up to `--ring-size`) each time the kernel
-/// has to wake us because one is a quarter full, so quiet cgroups keep small rings: ring
-/// pages are mapped twice into the daemon and charged to its memory cgroup.
-pub const INITIAL_RING_SIZE: u32 = 8 * 1024;
 /// How long a replaced ring is still drained: programs that looked it up before the swap
 /// may still write to it until they return.
 const RETIRE_AFTER: Duration = Duration::from_secs(1);
@@ -25,7 +23,7 @@ pub const FIRST_TOKEN: u64 = 3;
 
 /// Where a ring stands in the kernel's cgroup -> ring map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
     /// Queued at the installer; its completion carries this ticket.
     Installing(u64),
     /// In the map: the kernel writes the cgroup's events to it.
@@ -37,52 +35,101 @@ enum State {
     Removing(u64),
 }
 
-struct Slot {
-    cgroup_id: u64,
-    ring: RingBuf<MapData>,
-    size: u32,
-    state: State,
+pub(super) struct Slot {
+    pub(super) cgroup_id: u64,
+    pub(super) ring: Ring,
+    pub(super) state: State,
+    /// Records drained per second.
+    pub(super) heat: Heat,
+    /// Shrunk to make room: it does not grow again before this.
+    pub(super) cool_until: Option<Instant>,
+    /// When the budget last refused it (a refusal is counted once a second at most).
+    pub(super) denied_at: Option<Instant>,
+}
+
+impl Slot {
+    /// What the growth planner sees of it.
+    pub(super) fn view(&self, now: Instant) -> RingView {
+        RingView {
+            size: self.ring.size,
+            heat: self.heat.now(),
+            movable: self.state == State::Installed && self.cool_until.is_none_or(|t| t <= now),
+        }
+    }
 }
 
 /// Where a cgroup's events are read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Placement {
+pub(super) enum Placement {
     /// Its own ring, in this slot.
     Own(usize),
     /// The shared ring: no ring of its own could be made.
     Shared,
+    /// The shared ring, until the budget has room for a ring of its own.
+    Waiting,
 }
 
-/// A ring replaced by a bigger one: drained until [`RETIRE_AFTER`] after its successor was
+/// A ring replaced by another: drained until [`RETIRE_AFTER`] after its successor was
 /// installed (until then the kernel may still write to it).
-struct Retired {
-    cgroup_id: u64,
-    ring: RingBuf<MapData>,
-    size: u32,
-    successor: u64,
-    since: Option<Instant>,
+pub(super) struct Retired {
+    pub(super) cgroup_id: u64,
+    pub(super) ring: Ring,
+    pub(super) successor: u64,
+    pub(super) since: Option<Instant>,
 }
 
-/// Every per-cgroup ring of the daemon.
+/// A cgroup waiting for room for its first ring.
+#[derive(Default)]
+pub(super) struct Waiter {
+    pub(super) heat: Heat,
+    pub(super) denied_at: Option<Instant>,
+}
+
+/// What the shared ring's record of a known cgroup says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnShared {
+    /// Not seen before: admit it.
+    New,
+    /// Its own ring is installed and overflowed into the shared ring (this slot).
+    Spilled(usize),
+    /// It has no ring of its own (yet).
+    NoRing,
+}
+
+/// Every per-cgroup ring of the daemon, and the budget they share.
 pub struct Rings {
-    slots: Vec<Option<Slot>>,
-    by_cgroup: IdMap<Placement>,
-    retired: Vec<Retired>,
-    installer: Installer,
-    max_size: u32,
-    create_failures: u64,
+    pub(super) slots: Vec<Option<Slot>>,
+    pub(super) by_cgroup: IdMap<Placement>,
+    pub(super) waiting: IdMap<Waiter>,
+    pub(super) retired: Vec<Retired>,
+    pub(super) installer: Installer,
+    pub(super) max_size: u32,
+    pub(super) create_failures: u64,
+    pub(super) meter: Meter,
+    pub(super) budget: u64,
+    pub(super) denied: u64,
+    pub(super) last_roll: Instant,
 }
 
 impl Rings {
+    /// Rings of up to `max_size` bytes within `budget` bytes, the shared ring of
+    /// `shared_size` bytes included.
     #[must_use]
-    pub fn new(installer: Installer, max_size: u32) -> Self {
+    pub fn new(installer: Installer, max_size: u32, budget: u64, shared_size: u32) -> Self {
+        let meter = Meter::default();
+        meter.add_fixed(shared_size);
         Self {
             slots: Vec::new(),
             by_cgroup: IdMap::default(),
+            waiting: IdMap::default(),
             retired: Vec::new(),
             installer,
             max_size,
             create_failures: 0,
+            meter,
+            budget,
+            denied: 0,
+            last_roll: Instant::now(),
         }
     }
 
@@ -92,21 +139,31 @@ impl Rings {
         self.create_failures
     }
 
-    /// Whether `cgroup_id` was given a ring (or found to need the shared one).
+    /// (bytes of rings now, the budget, refusals so far).
     #[must_use]
-    pub fn knows(&self, cgroup_id: u64) -> bool {
-        self.by_cgroup.contains_key(&cgroup_id)
+    pub fn memory(&self) -> (u64, u64, u64) {
+        (self.meter.bytes(), self.budget, self.denied)
     }
 
-    /// The slot of `cgroup_id`'s ring, if it is installed in the kernel's map.
-    #[must_use]
-    pub fn installed_slot(&self, cgroup_id: u64) -> Option<usize> {
+    /// Notes a shared-ring record of `cgroup_id` (counting it in the cgroup's heat) and says
+    /// what it means.
+    pub fn on_shared(&mut self, cgroup_id: u64) -> OnShared {
         match self.by_cgroup.get(&cgroup_id) {
-            Some(&Placement::Own(i)) => self.slots[i]
-                .as_ref()
-                .is_some_and(|s| s.state == State::Installed)
-                .then_some(i),
-            _ => None,
+            None => OnShared::New,
+            Some(&Placement::Own(i)) => match self.slots[i].as_mut() {
+                Some(s) if s.state == State::Installed => {
+                    s.heat.add(1);
+                    OnShared::Spilled(i)
+                }
+                _ => OnShared::NoRing,
+            },
+            Some(Placement::Waiting) => {
+                if let Some(w) = self.waiting.get_mut(&cgroup_id) {
+                    w.heat.add(1);
+                }
+                OnShared::NoRing
+            }
+            Some(Placement::Shared) => OnShared::NoRing,
         }
     }
 
@@ -118,8 +175,8 @@ impl Rings {
             .and_then(|i| usize::try_from(i).ok())
     }
 
-    fn create(&mut self, cgroup_id: u64, size: u32) -> Option<RingBuf<MapData>> {
-        match RingBuf::create(size, 0) {
+    fn create(&mut self, cgroup_id: u64, size: u32) -> Option<Ring> {
+        match Ring::create(size, &self.meter) {
             Ok(r) => Some(r),
             Err(e) => {
                 self.create_failures += 1;
@@ -134,11 +191,19 @@ impl Rings {
         }
     }
 
-    /// Creates a ring for a newly admitted cgroup and asks the installer to put it in the
-    /// kernel's map. False when the cgroup stays on the shared ring.
+    /// Gives a newly admitted cgroup a ring of its own if the budget has room (else it
+    /// waits on the shared ring, see [`Rings::place_waiting`]). False when it has none.
     pub fn give(&mut self, epoll: &Epoll, cgroup_id: u64) -> bool {
-        let size = INITIAL_RING_SIZE.min(self.max_size);
         // Whatever happens, do not try again for this cgroup on every event.
+        self.by_cgroup.insert(cgroup_id, Placement::Waiting);
+        self.waiting.insert(cgroup_id, Waiter::default());
+        self.place_waiting(epoll, cgroup_id, Instant::now())
+    }
+
+    /// Makes a ring of `size` bytes for a cgroup without one and asks the installer to put
+    /// it in the kernel's map. False when it stays on the shared ring.
+    pub(super) fn first_ring(&mut self, epoll: &Epoll, cgroup_id: u64, size: u32) -> bool {
+        self.waiting.remove(&cgroup_id);
         self.by_cgroup.insert(cgroup_id, Placement::Shared);
         let Some(ring) = self.create(cgroup_id, size) else {
             return false;
@@ -148,19 +213,21 @@ impl Rings {
             .iter()
             .position(Option::is_none)
             .unwrap_or(self.slots.len());
-        if let Err(e) = epoll.add(ring.as_fd().as_raw_fd(), FIRST_TOKEN + i as u64) {
+        if let Err(e) = epoll.add(ring.buf.as_fd().as_raw_fd(), FIRST_TOKEN + i as u64) {
             log::warn!("epoll_ctl for cgroup {cgroup_id}'s ring: {e}");
             return false;
         }
-        let Some(ticket) = self.installer.install(cgroup_id, &ring) else {
-            epoll.remove(ring.as_fd().as_raw_fd());
+        let Some(ticket) = self.installer.install(cgroup_id, &ring.buf) else {
+            epoll.remove(ring.buf.as_fd().as_raw_fd());
             return false;
         };
         let slot = Slot {
             cgroup_id,
             ring,
-            size,
             state: State::Installing(ticket),
+            heat: Heat::default(),
+            cool_until: None,
+            denied_at: None,
         };
         if i == self.slots.len() {
             self.slots.push(Some(slot));
@@ -172,52 +239,43 @@ impl Rings {
         true
     }
 
-    /// Replaces slot `i`'s ring by one four times larger (up to `--ring-size`).
-    pub fn grow(&mut self, epoll: &Epoll, i: usize) {
-        if let Some(Some(slot)) = self.slots.get(i) {
-            let size = slot.size.saturating_mul(4);
-            self.grow_to(epoll, i, size);
-        }
-    }
-
-    /// Replaces slot `i`'s ring by one of `size` bytes (at most `--ring-size`), if larger
-    /// and once the current one is installed.
-    pub fn grow_to(&mut self, epoll: &Epoll, i: usize, size: u32) {
+    /// Replaces slot `i`'s ring by one of `size` bytes (bigger or smaller), once the
+    /// current one is installed; the old one is retired. False if nothing was done.
+    pub(super) fn replace(&mut self, epoll: &Epoll, i: usize, size: u32) -> bool {
         let Some(Some(slot)) = self.slots.get(i) else {
-            return;
+            return false;
         };
-        let size = size.min(self.max_size);
-        if slot.size >= size || slot.state != State::Installed {
-            return;
+        if slot.ring.size == size || slot.state != State::Installed {
+            return false;
         }
         let cgroup_id = slot.cgroup_id;
         let Some(ring) = self.create(cgroup_id, size) else {
-            return;
+            return false;
         };
-        let Some(ticket) = self.installer.install(cgroup_id, &ring) else {
-            return;
+        let Some(ticket) = self.installer.install(cgroup_id, &ring.buf) else {
+            return false;
         };
-        let Some(old) = self.slots[i].take() else {
-            return;
+        let Some(mut slot) = self.slots[i].take() else {
+            return false;
         };
-        epoll.remove(old.ring.as_fd().as_raw_fd());
-        if let Err(e) = epoll.add(ring.as_fd().as_raw_fd(), FIRST_TOKEN + i as u64) {
+        epoll.remove(slot.ring.buf.as_fd().as_raw_fd());
+        if let Err(e) = epoll.add(ring.buf.as_fd().as_raw_fd(), FIRST_TOKEN + i as u64) {
             log::warn!("epoll_ctl for cgroup {cgroup_id}'s ring: {e}");
         }
-        log::debug!("cgroup {cgroup_id}: ring grows to {size} bytes");
-        self.slots[i] = Some(Slot {
-            cgroup_id,
-            ring,
-            size,
-            state: State::Installing(ticket),
-        });
+        log::debug!(
+            "cgroup {cgroup_id}: ring {} -> {size} bytes",
+            slot.ring.size
+        );
+        let old = std::mem::replace(&mut slot.ring, ring);
+        slot.state = State::Installing(ticket);
+        self.slots[i] = Some(slot);
         self.retired.push(Retired {
             cgroup_id,
-            ring: old.ring,
-            size: old.size,
+            ring: old,
             successor: ticket,
             since: None,
         });
+        true
     }
 
     /// Takes the installer's finished work: marks rings installed (or failed), starts the
@@ -239,7 +297,7 @@ impl Rings {
             ) {
                 self.drain_slot(i, agg, now, usize::MAX);
                 if let Some(slot) = self.slots[i].take() {
-                    epoll.remove(slot.ring.as_fd().as_raw_fd());
+                    epoll.remove(slot.ring.buf.as_fd().as_raw_fd());
                 }
                 continue;
             }
@@ -249,22 +307,20 @@ impl Rings {
                 (false, Some(r)) => {
                     // The map still holds the old ring: keep reading it, drop the new one.
                     let old = self.retired.swap_remove(r);
-                    let new = self.slots[i].take().expect("the slot found above");
-                    epoll.remove(new.ring.as_fd().as_raw_fd());
-                    if let Err(e) = epoll.add(old.ring.as_fd().as_raw_fd(), FIRST_TOKEN + i as u64)
+                    let Some(slot) = self.slots[i].as_mut() else {
+                        continue;
+                    };
+                    epoll.remove(slot.ring.buf.as_fd().as_raw_fd());
+                    if let Err(e) =
+                        epoll.add(old.ring.buf.as_fd().as_raw_fd(), FIRST_TOKEN + i as u64)
                     {
                         log::warn!("epoll_ctl for cgroup {}'s ring: {e}", old.cgroup_id);
                     }
-                    self.slots[i] = Some(Slot {
-                        cgroup_id: old.cgroup_id,
-                        ring: old.ring,
-                        size: old.size,
-                        state: State::Installed,
-                    });
+                    let mut new = std::mem::replace(&mut slot.ring, old.ring);
+                    slot.state = State::Installed;
                     // Drain what the new ring may hold (nothing, as it was never installed).
-                    let mut sink = agg.sink(new.cgroup_id, now);
-                    let mut ring = new.ring;
-                    while let Some(item) = ring.next() {
+                    let mut sink = agg.sink(old.cgroup_id, now);
+                    while let Some(item) = new.buf.next() {
                         sink.push(&item);
                     }
                     continue;
@@ -283,10 +339,15 @@ impl Rings {
             return;
         };
         let mut sink = agg.sink(slot.cgroup_id, now);
-        for _ in 0..max {
-            let Some(item) = slot.ring.next() else { break };
+        let mut n = 0;
+        while n < max {
+            let Some(item) = slot.ring.buf.next() else {
+                break;
+            };
             sink.push(&item);
+            n += 1;
         }
+        slot.heat.add(n as u64);
     }
 
     /// Drains every slot (a batch each) and every retired ring (whole), then drops the
@@ -297,7 +358,7 @@ impl Rings {
         }
         for r in &mut self.retired {
             let mut sink = agg.sink(r.cgroup_id, now);
-            while let Some(item) = r.ring.next() {
+            while let Some(item) = r.ring.buf.next() {
                 sink.push(&item);
             }
         }
@@ -312,7 +373,7 @@ impl Rings {
         }
         for r in self.retired.iter_mut().filter(|r| r.cgroup_id == cgroup_id) {
             let mut sink = agg.sink(cgroup_id, now);
-            while let Some(item) = r.ring.next() {
+            while let Some(item) = r.ring.buf.next() {
                 sink.push(&item);
             }
         }
@@ -322,6 +383,7 @@ impl Rings {
     /// is done (see [`Rings::completions`]) and then dropped. Call [`Rings::drain_cgroup`]
     /// first.
     pub fn forget(&mut self, cgroup_id: u64) {
+        self.waiting.remove(&cgroup_id);
         if let Some(Placement::Own(i)) = self.by_cgroup.remove(&cgroup_id)
             && let Some(slot) = self.slots[i].as_mut()
         {

@@ -14,12 +14,18 @@ pub enum Family {
     ConnClosed,
     AbnormalRatio,
     Retransmits,
+    Untracked,
     Lost,
     // Global families, in exposition order.
     Events,
     Undecodable,
     RingCreateFailures,
-    Untracked,
+    RingMemory,
+    RingBudget,
+    RingGrowthsDenied,
+    ConnEvicted,
+    StartsEvicted,
+    TableCapacity,
     ProbeMisses,
     ProbeInfo,
     CgroupsTracked,
@@ -57,7 +63,7 @@ pub const FAULT_MODES: [&str; 2] = ["user", "kernel"];
 
 impl Family {
     /// The per-cgroup families, in exposition order.
-    pub const PER_CGROUP: [Family; 10] = [
+    pub const PER_CGROUP: [Family; 11] = [
         Family::CallDuration,
         Family::CallLatency,
         Family::Calls,
@@ -67,15 +73,21 @@ impl Family {
         Family::ConnClosed,
         Family::AbnormalRatio,
         Family::Retransmits,
+        Family::Untracked,
         Family::Lost,
     ];
 
     /// The global (daemon-wide) families, in exposition order.
-    pub const GLOBAL: [Family; 8] = [
+    pub const GLOBAL: [Family; 13] = [
         Family::Events,
         Family::Undecodable,
         Family::RingCreateFailures,
-        Family::Untracked,
+        Family::RingMemory,
+        Family::RingBudget,
+        Family::RingGrowthsDenied,
+        Family::ConnEvicted,
+        Family::StartsEvicted,
+        Family::TableCapacity,
         Family::ProbeMisses,
         Family::ProbeInfo,
         Family::CgroupsTracked,
@@ -99,6 +111,12 @@ impl Family {
             Family::Events => "socklat_events_total",
             Family::Undecodable => "socklat_events_undecodable_total",
             Family::RingCreateFailures => "socklat_ring_create_failures_total",
+            Family::RingMemory => "socklat_ring_memory_bytes",
+            Family::RingBudget => "socklat_ring_memory_budget_bytes",
+            Family::RingGrowthsDenied => "socklat_ring_growths_denied_total",
+            Family::ConnEvicted => "socklat_tcp_connections_evicted_total",
+            Family::StartsEvicted => "socklat_call_starts_evicted_total",
+            Family::TableCapacity => "socklat_kernel_table_capacity",
             Family::Untracked => "socklat_tcp_connections_untracked_total",
             Family::ProbeMisses => "socklat_probe_misses_total",
             Family::ProbeInfo => "socklat_probe_info",
@@ -141,8 +159,32 @@ impl Family {
                 "Rings the daemon could not create for an admitted cgroup; that cgroup's events stay on the shared ring."
             }
             Family::Untracked => {
-                "Connections that reached CLOSE with no state in the kernel's table (opened before the \
-                 daemon started, or evicted from the full table), classified from their final state only."
+                "Connections that reached CLOSE with no state in the kernel's table (evicted from the \
+                 full table, or opened before the daemon started), classified from their final state only."
+            }
+            Family::RingMemory => {
+                "Bytes of ring buffers the daemon holds now (the shared ring, every cgroup's ring and \
+                 rings being replaced), as charged to its memory cgroup."
+            }
+            Family::RingBudget => {
+                "Ring memory budget (--ring-memory): rings are made and grown only within it."
+            }
+            Family::RingGrowthsDenied => {
+                "Times the budget kept a ring from growing (or a cgroup from getting its first ring) and \
+                 no colder ring could make room, at most once per cgroup per second; its events go to the \
+                 shared ring meanwhile."
+            }
+            Family::ConnEvicted => {
+                "Connection states the kernel's full table (--max-connections) evicted, at least: entries \
+                 made minus entries removed at CLOSE beyond the table's size, at its highest so far."
+            }
+            Family::StartsEvicted => {
+                "In-flight call starts the per-thread LRU table (--max-threads) evicted before their call \
+                 returned (the call counts untimed), by table; 0 with task-local storage."
+            }
+            Family::TableCapacity => {
+                "Entries the kernel's tables hold: connections (--max-connections), threads \
+                 (--max-threads; not with task-local storage)."
             }
             Family::ProbeMisses => {
                 "Probe runs the kernel skipped instead of running (bpf_prog_info.recursion_misses, e.g. \
@@ -163,7 +205,10 @@ impl Family {
             Family::AbnormalRatio
             | Family::ProbeInfo
             | Family::CgroupsTracked
-            | Family::BuildInfo => Kind::Gauge,
+            | Family::BuildInfo
+            | Family::RingMemory
+            | Family::RingBudget
+            | Family::TableCapacity => Kind::Gauge,
             Family::Calls
             | Family::Faults
             | Family::Lost
@@ -173,6 +218,9 @@ impl Family {
             | Family::Undecodable
             | Family::RingCreateFailures
             | Family::Untracked
+            | Family::RingGrowthsDenied
+            | Family::ConnEvicted
+            | Family::StartsEvicted
             | Family::ProbeMisses => Kind::Counter,
         }
     }

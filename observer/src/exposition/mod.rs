@@ -66,8 +66,17 @@ pub struct Scrape {
     /// Rings the daemon could not create for an admitted cgroup (its events stay on the
     /// shared ring).
     pub ring_create_failures: u64,
-    /// Connections that closed with no state in the kernel's table.
-    pub untracked_connections: u64,
+    /// Bytes of rings held now, and the budget.
+    pub ring_memory: u64,
+    pub ring_budget: u64,
+    /// Growths (and first rings) the budget refused.
+    pub ring_growths_denied: u64,
+    /// Connection states the kernel's table evicted (a lower bound).
+    pub connections_evicted: u64,
+    /// In-flight call starts evicted, per `observer_common::StartTable`.
+    pub starts_evicted: [u64; 3],
+    /// The kernel's tables and their capacities (`table` label, entries).
+    pub tables: Vec<(&'static str, u64)>,
     /// Program runs the kernel skipped (recursion protection), all programs together.
     pub probe_misses: u64,
 }

@@ -230,6 +230,12 @@ fn metrics_of(f: Family, row: &Row, hist: Histograms, out: &mut Vec<Metric>) {
             }
         }
         Family::Retransmits => out.push(counter(labels(row, &[]), row.retransmits)),
+        Family::Untracked => {
+            let n = snap
+                .and_then(|s| s.conns.as_ref())
+                .map_or(0, |c| c.untracked);
+            out.push(counter(labels(row, &[]), n));
+        }
         Family::Lost => out.push(counter(labels(row, &[]), row.lost)),
         _ => {}
     }

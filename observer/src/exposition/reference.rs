@@ -139,6 +139,12 @@ fn metrics_of(f: Family, row: &Row) -> Vec<Metric> {
         Family::Retransmits if has_samples(f, row) => {
             out.push(counter(cgroup_labels(l, &[]), row.retransmits));
         }
+        Family::Untracked if has_samples(f, row) => {
+            let n = snap
+                .and_then(|s| s.conns.as_ref())
+                .map_or(0, |c| c.untracked);
+            out.push(counter(cgroup_labels(l, &[]), n));
+        }
         Family::Lost if has_samples(f, row) => out.push(counter(cgroup_labels(l, &[]), row.lost)),
         _ => {}
     }
@@ -197,14 +203,18 @@ pub(crate) fn scrape_with_traffic() -> Scrape {
             },
         );
     }
-    for o in [Outcome::Normal, Outcome::Refused, Outcome::Normal] {
+    for (o, untracked) in [
+        (Outcome::Normal, 0),
+        (Outcome::Refused, 0),
+        (Outcome::Normal, observer_common::CLOSE_UNTRACKED),
+    ] {
         push(
             &mut a,
             &observer_common::Event {
                 cgroup_id: 42,
                 value: 0,
                 kind: observer_common::EventKind::ConnClose as u32,
-                result: o as i32,
+                result: o as i32 | untracked,
             },
         );
     }
@@ -230,10 +240,15 @@ pub(crate) fn scrape_with_traffic() -> Scrape {
         )],
         tracked: 1,
         events: [100, 0, 0, 0],
-        untracked_connections: 4,
         probe_misses: 0,
         undecodable: 0,
         ring_create_failures: 0,
+        ring_memory: 3 << 20,
+        ring_budget: 96 << 20,
+        ring_growths_denied: 7,
+        connections_evicted: 4,
+        starts_evicted: [5, 0, 1],
+        tables: vec![("connections", 65536), ("threads", 4096)],
     }
 }
 
@@ -257,7 +272,14 @@ mod tests {
             "socklat_ringbuf_lost_events_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 3",
             "socklat_ringbuf_lost_events_total{cgroup=\"_other\",namespace=\"\",pod=\"\",container=\"\"} 0",
             "socklat_events_total{signal=\"sendmsg\"} 100",
-            "socklat_tcp_connections_untracked_total 4",
+            "socklat_tcp_connections_untracked_total{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\"} 1",
+            "socklat_ring_memory_bytes 3145728",
+            "socklat_ring_memory_budget_bytes 100663296",
+            "socklat_ring_growths_denied_total 7",
+            "socklat_tcp_connections_evicted_total 4",
+            "socklat_call_starts_evicted_total{table=\"syscall\"} 5",
+            "socklat_call_starts_evicted_total{table=\"fault\"} 1",
+            "socklat_kernel_table_capacity{table=\"threads\"} 4096",
             "socklat_probe_misses_total 0",
             "socklat_page_fault_duration_seconds_count{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",fault=\"minor\"} 2",
             "socklat_page_fault_duration_seconds_count{cgroup=\"/test/\\\"quoted\\\"\",namespace=\"\",pod=\"\",container=\"\",fault=\"major\"} 1",

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use observer_common::{FaultCounts, Outcome};
+use observer_common::{FaultCounts, Outcome, StartTable};
 use prometheus::TextEncoder;
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
@@ -33,6 +33,10 @@ pub fn has_samples(f: Family, row: &Row) -> bool {
             snap.is_some_and(|s| s.conns.as_ref().is_some_and(|c| c.window_ratio.is_some()))
         }
         Family::Retransmits => row.retransmits > 0 || snap.is_some_and(|s| s.conns.is_some()),
+        // Only where some close was classified without its state (like losses).
+        Family::Untracked => {
+            snap.is_some_and(|s| s.conns.as_ref().is_some_and(|c| c.untracked > 0))
+        }
         // Present for `_other` from the first scrape, so that alerts on losses have a series.
         Family::Lost => row.lost > 0 || row.labels.is_other(),
         _ => false,
@@ -214,6 +218,14 @@ pub fn write_row(f: Family, row: &Row, out: &mut String) {
             }
         }
         Family::Retransmits => sample(out, name, "", &labels, None, row.retransmits as f64),
+        Family::Untracked => {
+            let n = row
+                .snap
+                .as_ref()
+                .and_then(|s| s.conns.as_ref())
+                .map_or(0, |c| c.untracked);
+            sample(out, name, "", &labels, None, n as f64);
+        }
         Family::Lost => sample(out, name, "", &labels, None, row.lost as f64),
         _ => {}
     }
@@ -283,7 +295,25 @@ pub fn global_families(s: &Scrape) -> Vec<MetricFamily> {
                 Family::RingCreateFailures => {
                     metrics.push(counter(vec![], s.ring_create_failures));
                 }
-                Family::Untracked => metrics.push(counter(vec![], s.untracked_connections)),
+                #[expect(clippy::cast_precision_loss, reason = "byte counts below 2^52")]
+                Family::RingMemory => metrics.push(gauge(vec![], s.ring_memory as f64)),
+                #[expect(clippy::cast_precision_loss, reason = "byte counts below 2^52")]
+                Family::RingBudget => metrics.push(gauge(vec![], s.ring_budget as f64)),
+                Family::RingGrowthsDenied => {
+                    metrics.push(counter(vec![], s.ring_growths_denied));
+                }
+                Family::ConnEvicted => metrics.push(counter(vec![], s.connections_evicted)),
+                Family::StartsEvicted => {
+                    for (t, n) in StartTable::ALL.iter().zip(s.starts_evicted) {
+                        metrics.push(counter(vec![pair("table", t.name())], n));
+                    }
+                }
+                Family::TableCapacity => {
+                    for (t, n) in &s.tables {
+                        #[expect(clippy::cast_precision_loss, reason = "table sizes")]
+                        metrics.push(gauge(vec![pair("table", t)], *n as f64));
+                    }
+                }
                 Family::ProbeMisses => metrics.push(counter(vec![], s.probe_misses)),
                 Family::ProbeInfo => {
                     for (sig, mode) in &s.probes {

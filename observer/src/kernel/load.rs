@@ -1,6 +1,8 @@
 //! Loading the kernel object: the socket offsets and the shape of the kernel from BTF, the
 //! globals and map sizes, then attaching the enabled signals (see [`super::attach`]).
 
+use std::fmt::Write as _;
+
 use aya::{Btf, Ebpf, EbpfLoader};
 use observer_common::names;
 
@@ -66,9 +68,65 @@ pub enum LoadError {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub form: PerThreadForm,
+    /// Whether the object keeps per-thread starts in LRU tables (sized by `--max-threads`).
+    pub lru_threads: bool,
     pub choices: Vec<Choice>,
     /// Descriptors of the attached programs, to read how often the kernel skipped them.
     pub programs: Vec<std::os::fd::OwnedFd>,
+}
+
+/// Bytes of kernel memory one entry of the connection table takes (an LRU hash of 8-byte
+/// keys and 16-byte values: `memlock` of the map on Linux 6.18, 5 768 064 bytes for 65 536
+/// entries).
+pub const CONNECTION_ENTRY_BYTES: u64 = 88;
+/// Bytes one entry of a per-thread LRU table takes (8-byte keys, 24-byte values); there are
+/// three such tables.
+pub const THREAD_ENTRY_BYTES: u64 = 96;
+
+impl Loaded {
+    /// The kernel's tables and their sizes (the `table` label of
+    /// `socklat_kernel_table_capacity`).
+    #[must_use]
+    pub fn tables(&self, cli: &Cli) -> Vec<(&'static str, u64)> {
+        let mut t = vec![("connections", u64::from(cli.max_connections))];
+        if self.lru_threads {
+            t.push(("threads", u64::from(cli.max_threads)));
+        }
+        t
+    }
+
+    /// The tables, with what they cost, for `--check` and the log.
+    #[must_use]
+    pub fn describe_tables(&self, cli: &Cli) -> String {
+        let conns = u64::from(cli.max_connections);
+        let mut s = format!(
+            "connections {conns} entries ({})",
+            crate::ring_budget::mib(conns * CONNECTION_ENTRY_BYTES)
+        );
+        if self.lru_threads {
+            let threads = u64::from(cli.max_threads);
+            let _ = write!(
+                s,
+                "; threads {threads} entries in each of 3 LRU tables ({})",
+                crate::ring_budget::mib(3 * threads * THREAD_ENTRY_BYTES)
+            );
+        } else {
+            s.push_str(
+                "; per-thread state in task-local storage (no table: --max-threads does not apply)",
+            );
+        }
+        s
+    }
+}
+
+/// Whether the object keeps per-thread starts in LRU hashes (an object given with
+/// `--ebpf-object` may be either build).
+fn per_thread_in_lru(bytes: &[u8]) -> bool {
+    aya_obj::Object::parse(bytes).is_ok_and(|o| {
+        o.maps.get(names::SYSCALL_START).is_some_and(|m| {
+            m.map_type() == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32
+        })
+    })
 }
 
 /// The socket field offsets for the connection probes and the shape of the kernel's
@@ -276,9 +334,22 @@ fn load_object(
     g.set(&mut loader);
     // aya has no user-space type for task storage maps; only the programs use them.
     loader.allow_unsupported_maps();
-    let mut ebpf = loader
+    loader
         .map_max_entries(names::CGROUP_RINGS, cli.max_cgroups)
         .map_max_entries(names::SHARED_RING, shared_ring_size)
+        .map_max_entries(names::CONNECTIONS, cli.max_connections);
+    // Task storage maps must keep 0 entries; the LRU tables take `--max-threads`.
+    let lru_threads = match form {
+        PerThreadForm::LruHash => true,
+        PerThreadForm::TaskStorage => false,
+        PerThreadForm::Given => per_thread_in_lru(bytes),
+    };
+    if lru_threads {
+        for name in [names::SYSCALL_START, names::CALL_START, names::FAULT_START] {
+            loader.map_max_entries(name, cli.max_threads);
+        }
+    }
+    let mut ebpf = loader
         .load(bytes)
         .map_err(|e| LoadError::Load(Box::new(e)))?;
 
@@ -313,6 +384,7 @@ fn load_object(
     Ok(Loaded {
         ebpf,
         form,
+        lru_threads,
         choices,
         programs,
     })

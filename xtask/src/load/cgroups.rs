@@ -24,11 +24,24 @@ pub fn cgroup2_root() -> Result<String> {
     Ok(mount.to_string_lossy().into_owned())
 }
 
-/// Starts `exe bench-client ADDR 20` (exe is this xtask) inside the existing cgroup `dir`.
-fn spawn_client(exe: &Path, dir: &Path, addr: SocketAddr) -> Result<Child> {
+/// Starts `exe bench-client ADDR REQUESTS` (exe is this xtask) inside the existing cgroup
+/// `dir`.
+fn spawn_client(
+    exe: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    requests: &str,
+    depth: &str,
+) -> Result<Child> {
     let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_string_lossy().as_bytes())?;
     let mut cmd = Command::new(exe);
-    cmd.args(["bench-client", &addr.to_string(), REQUESTS]);
+    cmd.args([
+        "bench-client",
+        &addr.to_string(),
+        requests,
+        "--depth",
+        depth,
+    ]);
     // SAFETY: between fork and exec the closure only calls `move_self` (open/write/close,
     // async-signal-safe) on a string made before the fork; it allocates nothing.
     unsafe {
@@ -40,7 +53,21 @@ fn spawn_client(exe: &Path, dir: &Path, addr: SocketAddr) -> Result<Child> {
 /// `n` new cgroups under `root`, each of which has run a 20-request client against `addr`
 /// (32 at a time). Returns their directories, for [`remove_all`].
 pub fn make_active(root: &Path, n: usize, addr: SocketAddr) -> Result<Vec<PathBuf>> {
+    make_busy(root, n, addr, REQUESTS.parse()?, 1)
+}
+
+/// `n` new cgroups under `root`, each of which has run a client of `requests` back-to-back
+/// request/responses against `addr`, `depth` sent before their answers are read (32
+/// clients at a time). Returns their directories.
+pub fn make_busy(
+    root: &Path,
+    n: usize,
+    addr: SocketAddr,
+    requests: usize,
+    depth: usize,
+) -> Result<Vec<PathBuf>> {
     let me = std::env::current_exe()?;
+    let (requests, depth) = (requests.to_string(), depth.to_string());
     let dirs: Vec<PathBuf> = (0..n)
         .map(|i| root.join(format!("socklat-bench-{}-{i}", std::process::id())))
         .collect();
@@ -48,7 +75,7 @@ pub fn make_active(root: &Path, n: usize, addr: SocketAddr) -> Result<Vec<PathBu
         let mut kids = Vec::new();
         for d in chunk {
             std::fs::create_dir_all(d)?;
-            kids.push(spawn_client(&me, d, addr)?);
+            kids.push(spawn_client(&me, d, addr, &requests, &depth)?);
         }
         for mut k in kids {
             let _ = k.wait();
@@ -86,7 +113,7 @@ pub fn churn(
                 if std::fs::create_dir(&d).is_err() {
                     continue;
                 }
-                if let Ok(k) = spawn_client(&me, &d, addr) {
+                if let Ok(k) = spawn_client(&me, &d, addr, REQUESTS, "1") {
                     kids.push((k, d));
                 }
             }

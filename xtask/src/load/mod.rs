@@ -4,6 +4,7 @@
 pub mod bpfstats;
 pub mod cgroups;
 pub mod measure;
+pub mod memcg;
 pub mod observers;
 pub mod scrape;
 mod sys;

@@ -3,6 +3,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,9 +58,24 @@ impl Socklat {
     /// Starts `bin` on a free loopback port with `extra` flags (and those of
     /// [`DAEMON_ARGS_ENV`]); returns once it answers /healthz.
     pub fn start(bin: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_in(bin, extra, None)
+    }
+
+    /// Like [`Socklat::start`], inside the cgroup whose `cgroup.procs` is `procs` from its
+    /// first instruction (a memory cgroup, to measure what is charged to it).
+    pub fn start_in(bin: &Path, extra: &[&str], procs: Option<&Path>) -> Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let user_args = std::env::var(DAEMON_ARGS_ENV).unwrap_or_default();
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(p) = procs {
+            let procs = std::ffi::CString::new(p.to_string_lossy().as_bytes())?;
+            // SAFETY: between fork and exec the closure only calls `move_self`
+            // (open/write/close, async-signal-safe) on a string made before the fork.
+            unsafe {
+                cmd.pre_exec(move || super::sys::move_self(&procs));
+            }
+        }
+        let child = cmd
             .arg("--listen")
             .arg(addr.to_string())
             .args(extra)

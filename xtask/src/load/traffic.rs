@@ -188,14 +188,23 @@ pub fn steady_load(addr: SocketAddr, rate: u64, stop: &Arc<AtomicBool>) -> Vec<J
         .collect()
 }
 
-/// The bench-client process (`xtask bench-client ADDR N`, started inside a cgroup): `n`
-/// 64-byte request/responses against `addr`.
-pub fn client(addr: &str, n: usize) -> Result<()> {
+/// The bench-client process (`xtask bench-client ADDR N [--depth D]`, started inside a
+/// cgroup): `n` 64-byte request/responses against `addr`, `depth` requests sent before
+/// their responses are read.
+pub fn client(addr: &str, n: usize, depth: usize) -> Result<()> {
     let mut s = TcpStream::connect(addr)?;
     let mut buf = [0u8; 64];
-    for _ in 0..n {
-        s.write_all(&buf)?;
-        s.read_exact(&mut buf)?;
+    let depth = depth.max(1);
+    let mut done = 0;
+    while done < n {
+        let k = depth.min(n - done);
+        for _ in 0..k {
+            s.write_all(&buf)?;
+        }
+        for _ in 0..k {
+            s.read_exact(&mut buf)?;
+        }
+        done += k;
     }
     Ok(())
 }
