@@ -4,9 +4,13 @@
 //! Ring pages are charged to the memory cgroup of the process that creates the ring (the
 //! daemon) when the ring is made, whatever the daemon maps of it: a budget on them is what
 //! keeps a daemon with hundreds of busy cgroups under its pod's limit. How rings grow and
-//! shrink within the budget is [`crate::ring_plan`].
+//! shrink within the budget is the ring plan (`ring_plan.rs`).
 
 use std::fmt::Write as _;
+
+/// Size of a cgroup's first ring. Rings grow (x4, up to `--ring-size`) each time the kernel
+/// has to wake the daemon because one is a quarter full, so quiet cgroups keep small rings.
+pub const INITIAL_RING_SIZE: u32 = 8 * 1024;
 
 /// Bytes a ring of `size` data bytes costs, measured in a memory cgroup on Linux 6.18
 /// (`/work/notes` of issue 18: 200 rings of each size, created and mapped as the daemon
@@ -174,7 +178,7 @@ fn auto_budget(facts: &MemoryFacts, max_cgroups: u32, ring_size: u32, shared: u6
         mib(HEAP_RESERVE),
         mib(shared)
     );
-    if room < ring_cost(crate::ring_plan::INITIAL_RING_SIZE) {
+    if room < ring_cost(INITIAL_RING_SIZE) {
         let _ = write!(
             how,
             "; no room for per-cgroup rings: every event goes through the shared ring (raise \

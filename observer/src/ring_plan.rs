@@ -5,9 +5,7 @@
 
 use crate::ring_budget::ring_cost;
 
-/// Size of a cgroup's first ring. Rings grow (x4, up to `--ring-size`) each time the kernel
-/// has to wake the daemon because one is a quarter full, so quiet cgroups keep small rings.
-pub const INITIAL_RING_SIZE: u32 = 8 * 1024;
+pub use crate::ring_budget::INITIAL_RING_SIZE;
 /// Bytes one event takes in a ring: an 8-byte record header and the 24-byte event.
 pub const RECORD_BYTES: u64 = 32;
 /// Rings replaced by smaller ones to make room exist next to their successors until they
