@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Daemon, Metrics, TestCgroup, role, role_output, run_role, wait_for_line};
+use common::{
+    Daemon, Metrics, TestCgroup, counted_and_lost, role, role_output, run_role, wait_for_line,
+};
 use observer::cgroups::memory::{Layout, memory_cgroups};
 
 fn env(k: &str) -> String {
@@ -212,32 +214,6 @@ fn role_burster() {
     drop(client);
     server.join().unwrap();
     println!("@calls {}", mine + calls.load(Ordering::Relaxed));
-}
-
-/// Calls counted (every call, every result) and events lost for one cgroup.
-fn counted_and_lost(m: &Metrics, cg: &TestCgroup) -> (f64, f64) {
-    let mut counted = 0.0;
-    for call in ["sendmsg", "recvmsg"] {
-        for result in ["ok", "eagain", "interrupted", "untimed", "error"] {
-            counted += m
-                .get(
-                    "socklat_tcp_calls_total",
-                    &[
-                        ("cgroup", cg.label.as_str()),
-                        ("call", call),
-                        ("result", result),
-                    ],
-                )
-                .unwrap_or(0.0);
-        }
-    }
-    let lost = m
-        .get(
-            "socklat_ringbuf_lost_events_total",
-            &[("cgroup", cg.label.as_str())],
-        )
-        .unwrap_or(0.0);
-    (counted, lost)
 }
 
 const MIB: u64 = 1 << 20;

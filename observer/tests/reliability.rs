@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::traffic::{delay_server, parse_calls, run_client, start_client};
-use common::{Daemon, Metrics, TestCgroup, role, role_output};
+use common::{Daemon, Metrics, TestCgroup, counted_and_lost, role, role_output};
 
 /// Request/response client ([`common::traffic::client`]).
 #[test]
@@ -24,32 +24,6 @@ fn role_client() {
     if role().as_deref() == Some("role_client") {
         common::traffic::client();
     }
-}
-
-/// Calls counted (every result) and events lost for one cgroup.
-fn counted_and_lost(m: &Metrics, cg: &TestCgroup) -> (f64, f64) {
-    let mut counted = 0.0;
-    for call in ["sendmsg", "recvmsg"] {
-        for result in ["ok", "eagain", "interrupted", "untimed", "error"] {
-            counted += m
-                .get(
-                    "socklat_tcp_calls_total",
-                    &[
-                        ("cgroup", cg.label.as_str()),
-                        ("call", call),
-                        ("result", result),
-                    ],
-                )
-                .unwrap_or(0.0);
-        }
-    }
-    let lost = m
-        .get(
-            "socklat_ringbuf_lost_events_total",
-            &[("cgroup", cg.label.as_str())],
-        )
-        .unwrap_or(0.0);
-    (counted, lost)
 }
 
 fn signal(daemon: &Daemon, sig: i32) {

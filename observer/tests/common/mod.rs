@@ -640,3 +640,30 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Calls counted (every call, every result) and events lost for one cgroup: together they
+/// are every call its processes made, when nothing was skipped.
+pub fn counted_and_lost(m: &Metrics, cg: &TestCgroup) -> (f64, f64) {
+    let mut counted = 0.0;
+    for call in ["sendmsg", "recvmsg"] {
+        for result in ["ok", "eagain", "interrupted", "untimed", "error"] {
+            counted += m
+                .get(
+                    "socklat_tcp_calls_total",
+                    &[
+                        ("cgroup", cg.label.as_str()),
+                        ("call", call),
+                        ("result", result),
+                    ],
+                )
+                .unwrap_or(0.0);
+        }
+    }
+    let lost = m
+        .get(
+            "socklat_ringbuf_lost_events_total",
+            &[("cgroup", cg.label.as_str())],
+        )
+        .unwrap_or(0.0);
+    (counted, lost)
+}
