@@ -1,21 +1,18 @@
 //! The maps the collector takes out of the loaded object, each converted to its typed form
 //! by one generic taker.
 
-use aya::maps::{HashOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
-use observer_common::{ConnTableCounts, FaultCache, FaultCounts, names};
+use aya::maps::{HashOfMaps, Map, MapData, MapError, RingBuf};
+use observer_common::names;
 
+use super::counters;
 use crate::error::Error;
 
 /// Maps the collector takes from the loaded object.
 pub struct Maps {
     pub shared: RingBuf<MapData>,
     pub outer: HashOfMaps<MapData, u64, MapData>,
-    pub lost: PerCpuHashMap<MapData, u64, u64>,
-    pub faults: PerCpuHashMap<MapData, u64, FaultCounts>,
-    pub retransmits: PerCpuHashMap<MapData, u64, u64>,
-    pub fault_cache: PerCpuArray<MapData, FaultCache>,
-    pub conn_counts: PerCpuArray<MapData, ConnTableCounts>,
-    pub starts_evicted: PerCpuArray<MapData, u64>,
+    /// The per-CPU counter maps, summed at scrape time.
+    pub counters: counters::Maps,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -44,12 +41,14 @@ impl Maps {
         Ok(Self {
             shared: take(ebpf, names::SHARED_RING)?,
             outer: take(ebpf, names::CGROUP_RINGS)?,
-            lost: take(ebpf, names::LOST_EVENTS)?,
-            faults: take(ebpf, names::FAULT_COUNTS)?,
-            retransmits: take(ebpf, names::RETRANSMITS)?,
-            fault_cache: take(ebpf, names::FAULT_CACHE)?,
-            conn_counts: take(ebpf, names::CONN_COUNTS)?,
-            starts_evicted: take(ebpf, names::STARTS_EVICTED)?,
+            counters: counters::Maps {
+                lost: take(ebpf, names::LOST_EVENTS)?,
+                faults: take(ebpf, names::FAULT_COUNTS)?,
+                retransmits: take(ebpf, names::RETRANSMITS)?,
+                fault_cache: take(ebpf, names::FAULT_CACHE)?,
+                conn_counts: take(ebpf, names::CONN_COUNTS)?,
+                starts_evicted: take(ebpf, names::STARTS_EVICTED)?,
+            },
             logger,
         })
     }

@@ -102,12 +102,7 @@ pub fn spawn(
     let Maps {
         shared,
         outer,
-        lost,
-        faults,
-        retransmits,
-        fault_cache,
-        conn_counts,
-        starts_evicted,
+        counters,
         logger,
     } = maps;
     let rings = Rings::new(
@@ -116,17 +111,7 @@ pub fn spawn(
         settings.ring_budget,
         settings.shared_ring_size,
     );
-    let counters = KernelCounters::new(
-        counters::Maps {
-            lost,
-            faults,
-            retransmits,
-            fault_cache,
-            conn_counts,
-            starts_evicted,
-        },
-        settings.max_connections,
-    )?;
+    let counters = KernelCounters::new(counters, settings.max_connections)?;
     let epoll = Epoll::new().map_err(|e| Error::Io("epoll_create1", e))?;
     let (handle, inbox) = Handle::pair(EventFd::new().map_err(|e| Error::Io("eventfd", e))?);
     let epoll_add = |fd, token| epoll.add(fd, token).map_err(|e| Error::Io("epoll_ctl", e));
