@@ -272,3 +272,30 @@ pub const fn classify(c: &Closing) -> (Outcome, Hold) {
     }
     (Outcome::Normal, Hold::Sync)
 }
+
+/// The connection tracepoints, by their slot in `CONN_RUNNING` and `NESTED_RUNS`. Each has
+/// two programs: the first, and a twin that runs a hit only while the first is running on
+/// the same CPU (a softirq interrupted it), when the kernel's recursion guard skips the
+/// first's run for that hit (`observer-ebpf/src/nested.rs`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnHook {
+    /// `inet_sock_set_state`.
+    SetState = 0,
+    /// `tcp_receive_reset`.
+    ReceiveReset = 1,
+    /// `tcp_send_reset`.
+    SendReset = 2,
+    /// `tcp_retransmit_skb`.
+    Retransmit = 3,
+}
+
+impl ConnHook {
+    /// All hooks, in slot order.
+    pub const ALL: [ConnHook; 4] = [
+        ConnHook::SetState,
+        ConnHook::ReceiveReset,
+        ConnHook::SendReset,
+        ConnHook::Retransmit,
+    ];
+}

@@ -23,6 +23,12 @@ pub const STARTS_EVICTED: &str = "STARTS_EVICTED";
 pub const THREADS_SEEN: &str = "THREADS_SEEN";
 /// Per-CPU array of one [`super::FaultCache`].
 pub const FAULT_CACHE: &str = "FAULT_CACHE";
+/// Per-CPU array, one u32 per [`super::ConnHook`]: 1 while that hook's first program runs
+/// on the CPU.
+pub const CONN_RUNNING: &str = "CONN_RUNNING";
+/// Per-CPU array, one u64 per [`super::ConnHook`]: tracepoint hits that hook's twin program
+/// ran because the first was running on the CPU (the kernel skipped the first's run).
+pub const NESTED_RUNS: &str = "NESTED_RUNS";
 /// Per-CPU hash: cgroup id -> retransmitted segments.
 pub const RETRANSMITS: &str = "RETRANSMITS";
 /// Per thread (task storage or LRU hash): the in-flight send/recv-family syscall.
@@ -131,6 +137,14 @@ pub mod programs {
     pub const TCP_SEND_RESET: &str = "socklat_tcp_send_reset";
     /// Raw tracepoint `tcp_retransmit_skb`.
     pub const TCP_RETRANSMIT_SKB: &str = "socklat_tcp_retransmit_skb";
+    /// Twin of [`INET_SOCK_SET_STATE`]: runs the hits the kernel skips it for (nested).
+    pub const INET_SOCK_SET_STATE_NESTED: &str = "socklat_inet_sock_set_state_nested";
+    /// Twin of [`TCP_RECEIVE_RESET`].
+    pub const TCP_RECEIVE_RESET_NESTED: &str = "socklat_tcp_receive_reset_nested";
+    /// Twin of [`TCP_SEND_RESET`].
+    pub const TCP_SEND_RESET_NESTED: &str = "socklat_tcp_send_reset_nested";
+    /// Twin of [`TCP_RETRANSMIT_SKB`].
+    pub const TCP_RETRANSMIT_SKB_NESTED: &str = "socklat_tcp_retransmit_skb_nested";
     /// Raw tracepoint `page_fault_user` (x86).
     pub const PAGE_FAULT_USER: &str = "socklat_page_fault_user";
     /// Raw tracepoint `page_fault_kernel` (x86).

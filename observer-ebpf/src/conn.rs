@@ -17,10 +17,11 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use observer_common::{
     CLOSE_UNTRACKED, CONN_CALL_ERROR, CONN_RST_RECEIVED, CONN_RST_SENT, CONN_SEEN_LATE, Closing,
-    ConnState, Event, EventKind, Hold, Outcome, classify, close_result, tcp,
+    ConnHook, ConnState, Event, EventKind, Hold, Outcome, classify, close_result, tcp,
 };
 
 use crate::maps::{BPF_NOEXIST, CONNECTIONS, RETRANSMITS, bump, count_conn, emit};
+use crate::nested;
 use crate::sock::{self, Kind};
 
 /// 1 when the connections signal is enabled.
@@ -58,14 +59,27 @@ fn mark(sk: u64, flags: u32) {
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn socklat_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    nested::first(ConnHook::SetState, || set_state(&ctx));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn socklat_inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
+    nested::twin(ConnHook::SetState, || set_state(&ctx));
+    0
+}
+
+/// A connection end changes state.
+#[inline(always)]
+fn set_state(ctx: &RawTracePointContext) {
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     if sk == 0 || new == tcp::LISTEN || (old == tcp::LISTEN && new != tcp::SYN_RECV) {
-        return 0;
+        return;
     }
     if !sock::is_tcp(sk) {
-        return 0;
+        return;
     }
     if new != tcp::CLOSE {
         if old == tcp::CLOSE || old == tcp::LISTEN {
@@ -73,14 +87,13 @@ pub fn socklat_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         } else if CONNECTIONS.get_ptr(&sk).is_none() {
             start(sk, true);
         }
-        return 0;
+        return;
     }
     if old == tcp::CLOSE {
         // CLOSE to CLOSE: not a second close.
-        return 0;
+        return;
     }
-    closed(&ctx, sk, old);
-    0
+    closed(ctx, sk, old);
 }
 
 /// Connection end `sk` reached CLOSE from `old`: classify and report it.
@@ -147,19 +160,44 @@ fn settle(ctx: &RawTracePointContext, key: u64, outcome: Outcome) {
 
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn socklat_tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
+    nested::first(ConnHook::ReceiveReset, || receive_reset(&ctx));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn socklat_tcp_receive_reset_nested(ctx: RawTracePointContext) -> i32 {
+    nested::twin(ConnHook::ReceiveReset, || receive_reset(&ctx));
+    0
+}
+
+/// A connection end receives a reset.
+#[inline(always)]
+fn receive_reset(ctx: &RawTracePointContext) {
     let sk: u64 = ctx.arg(0);
     if sk != 0 {
         mark(sk, CONN_RST_RECEIVED);
     }
-    0
 }
 
 #[raw_tracepoint(tracepoint = "tcp_send_reset")]
 pub fn socklat_tcp_send_reset(ctx: RawTracePointContext) -> i32 {
+    nested::first(ConnHook::SendReset, || send_reset(&ctx));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn socklat_tcp_send_reset_nested(ctx: RawTracePointContext) -> i32 {
+    nested::twin(ConnHook::SendReset, || send_reset(&ctx));
+    0
+}
+
+/// A connection end (or a timewait socket) sends a reset.
+#[inline(always)]
+fn send_reset(ctx: &RawTracePointContext) {
     // A reset sent with no socket (to a closed port) belongs to no connection.
     let sk: u64 = ctx.arg(0);
     if sk == 0 {
-        return 0;
+        return;
     }
     let state = sock::state(sk);
     if state == tcp::TIME_WAIT {
@@ -168,39 +206,46 @@ pub fn socklat_tcp_send_reset(ctx: RawTracePointContext) -> i32 {
         let skb: u64 = ctx.arg(1);
         if !sock::is_syn(skb) {
             settle(
-                &ctx,
+                ctx,
                 sock::key(sk, Kind::TimeWait, false),
                 Outcome::ResetSent,
             );
         }
-        return 0;
+        return;
     }
     if state == tcp::NEW_SYN_RECV || !sock::is_tcp(sk) {
-        return 0;
+        return;
     }
     if CONNECTIONS.get_ptr(&sk).is_some() {
         mark(sk, CONN_RST_SENT);
     } else if state == tcp::CLOSE {
         // Our reset after our CLOSE was reported: it settles that close.
-        settle(&ctx, sock::key(sk, Kind::Full, false), Outcome::ResetSent);
+        settle(ctx, sock::key(sk, Kind::Full, false), Outcome::ResetSent);
     }
     // The peer's end, if it is a timewait socket of this node whose close is held, is
     // killed by this reset.
-    settle(
-        &ctx,
-        sock::key(sk, Kind::Full, true),
-        Outcome::ResetReceived,
-    );
-    0
+    settle(ctx, sock::key(sk, Kind::Full, true), Outcome::ResetReceived);
 }
 
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn socklat_tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
+    nested::first(ConnHook::Retransmit, || retransmit(&ctx));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn socklat_tcp_retransmit_skb_nested(ctx: RawTracePointContext) -> i32 {
+    nested::twin(ConnHook::Retransmit, || retransmit(&ctx));
+    0
+}
+
+/// A connection end retransmits a segment.
+#[inline(always)]
+fn retransmit(ctx: &RawTracePointContext) {
     let sk: u64 = ctx.arg(0);
     if sk != 0 {
         bump(&RETRANSMITS, sock::cgroup(sk));
     }
-    0
 }
 
 /// Called by the socket call probes: a call on `sk` failed with an error of the connection

@@ -16,6 +16,7 @@ mod conn;
 mod current;
 mod faults;
 mod maps;
+mod nested;
 mod per_thread;
 mod sock;
 mod tcp;

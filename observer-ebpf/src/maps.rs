@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    COUNTER_MAP_ENTRIES, ConnState, ConnTableCounts, DEFAULT_MAX_CGROUPS, DEFAULT_RING_SIZE, Event,
-    FaultCache, FaultCounts, StartTable, UNATTRIBUTED,
+    COUNTER_MAP_ENTRIES, ConnHook, ConnState, ConnTableCounts, DEFAULT_MAX_CGROUPS,
+    DEFAULT_RING_SIZE, Event, FaultCache, FaultCounts, StartTable, UNATTRIBUTED,
 };
 
 use crate::per_thread::PerThread;
@@ -55,6 +55,15 @@ pub static CONN_COUNTS: PerCpuArray<ConnTableCounts, 1> = PerCpuArray::new();
 /// returned (see `per_thread::missing`; always 0 with task-local storage).
 #[btf_map]
 pub static STARTS_EVICTED: PerCpuArray<u64, { StartTable::ALL.len() }> = PerCpuArray::new();
+
+/// Per connection hook, per CPU: 1 while the hook's first program runs (see `nested`).
+#[btf_map]
+pub static CONN_RUNNING: PerCpuArray<u32, { ConnHook::ALL.len() }> = PerCpuArray::new();
+
+/// Per connection hook, per CPU: hits the hook's twin program ran because the first was
+/// running on the CPU (see `nested`).
+#[btf_map]
+pub static NESTED_RUNS: PerCpuArray<u64, { ConnHook::ALL.len() }> = PerCpuArray::new();
 
 /// cgroup id -> retransmitted segments.
 #[btf_map]

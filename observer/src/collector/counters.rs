@@ -1,10 +1,12 @@
 //! The counters the kernel keeps per CPU (lost events, page faults, retransmits, entries of
-//! the connection table, evicted call starts), summed over CPUs at scrape time: per cgroup,
+//! the connection table, evicted call starts, runs of the twin programs), summed over CPUs at scrape time: per cgroup,
 //! or for the whole node.
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::util::nr_cpus;
-use observer_common::{ConnTableCounts, FaultCache, FaultCounts, StartTable, UNATTRIBUTED, names};
+use observer_common::{
+    ConnHook, ConnTableCounts, FaultCache, FaultCounts, StartTable, UNATTRIBUTED, names,
+};
 
 use crate::aggregate::KernelCounts;
 use crate::error::Error;
@@ -18,6 +20,7 @@ pub struct Maps {
     pub fault_cache: PerCpuArray<MapData, FaultCache>,
     pub conn_counts: PerCpuArray<MapData, ConnTableCounts>,
     pub starts_evicted: PerCpuArray<MapData, u64>,
+    pub nested_runs: PerCpuArray<MapData, u64>,
 }
 
 /// The kernel's per-CPU counters, read.
@@ -145,6 +148,20 @@ impl KernelCounters {
             connections_evicted: self.connections_evicted(),
             starts_evicted,
         }
+    }
+
+    /// Connection tracepoint hits the twin programs ran because the kernel skipped their
+    /// first program for them (counted in the first's recursion misses, yet not lost).
+    pub fn nested_runs(&self) -> u64 {
+        ConnHook::ALL
+            .iter()
+            .map(|h| {
+                self.maps
+                    .nested_runs
+                    .get(&(*h as u32), 0)
+                    .map_or(0, |v| v.iter().sum::<u64>())
+            })
+            .sum()
     }
 
     /// Drops a dead cgroup's counters.

@@ -48,6 +48,7 @@ impl Maps {
                 fault_cache: take(ebpf, names::FAULT_CACHE)?,
                 conn_counts: take(ebpf, names::CONN_COUNTS)?,
                 starts_evicted: take(ebpf, names::STARTS_EVICTED)?,
+                nested_runs: take(ebpf, names::NESTED_RUNS)?,
             },
             logger,
         })

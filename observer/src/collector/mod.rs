@@ -81,6 +81,8 @@ struct Collector {
     probes: Vec<(Signal, ProbeMode)>,
     cgroup_ttl: Duration,
     programs: Vec<OwnedFd>,
+    /// The highest count of probe misses shown so far (see [`Collector::scrape`]).
+    probe_misses: u64,
     /// Per tracked cgroup: its event count at the last garbage collection, and since when
     /// it has not changed.
     idle: IdMap<(u64, Instant)>,
@@ -134,6 +136,7 @@ pub fn spawn(
         probes: settings.probes,
         cgroup_ttl: settings.cgroup_ttl,
         programs: settings.programs,
+        probe_misses: 0,
         idle: IdMap::default(),
         last_gc: Instant::now(),
         unresolved: Vec::new(),
@@ -363,11 +366,18 @@ impl Collector {
             }
         }
         rows.push(other);
-        let probe_misses = self
+        // Skipped runs that a twin program made good are not misses. Read the skips first:
+        // a twin's run counted after that is subtracted early, never late, so the value is
+        // at most the true one; the floor keeps the counter from going down.
+        let skipped: u64 = self
             .programs
             .iter()
             .map(|p| crate::kernel::prog_info::recursion_misses(p.as_fd()))
             .sum();
+        self.probe_misses = self
+            .probe_misses
+            .max(skipped.saturating_sub(self.counters.nested_runs()));
+        let probe_misses = self.probe_misses;
         let (ring_memory, ring_budget, ring_growths_denied) = self.rings.memory();
         Scrape {
             rows,

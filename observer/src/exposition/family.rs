@@ -188,7 +188,8 @@ impl Family {
             }
             Family::ProbeMisses => {
                 "Probe runs the kernel skipped instead of running (bpf_prog_info.recursion_misses, e.g. \
-                 a fentry program preempted on the CPU); the calls they would have seen are not counted."
+                 a fentry program preempted on the CPU), less those a twin program ran instead; the calls \
+                 they would have seen are not counted."
             }
             Family::ProbeInfo => "Probe mode in use per signal (1).",
             Family::CgroupsTracked => "Cgroups with their own series now.",

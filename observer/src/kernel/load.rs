@@ -71,7 +71,8 @@ pub struct Loaded {
     /// Whether the object keeps per-thread starts in LRU tables (sized by `--max-threads`).
     pub lru_threads: bool,
     pub choices: Vec<Choice>,
-    /// Descriptors of the attached programs, to read how often the kernel skipped them.
+    /// Descriptors of the attached programs (twins aside), to read how often the kernel
+    /// skipped them.
     pub programs: Vec<std::os::fd::OwnedFd>,
 }
 
@@ -376,6 +377,7 @@ fn load_object(
     let names = attacher.attached();
     let programs = names
         .iter()
+        .filter(|name| !super::programs::TWINS.iter().any(|t| t.name == **name))
         .filter_map(|name| {
             let fd = ebpf.program(name)?.fd().ok()?;
             std::os::fd::AsFd::as_fd(fd).try_clone_to_owned().ok()

@@ -105,6 +105,20 @@ pub const TCP_RECEIVE_RESET: Program = prog(p::TCP_RECEIVE_RESET, Hook::RawTp("t
 pub const TCP_SEND_RESET: Program = prog(p::TCP_SEND_RESET, Hook::RawTp("tcp_send_reset"));
 pub const TCP_RETRANSMIT_SKB: Program =
     prog(p::TCP_RETRANSMIT_SKB, Hook::RawTp("tcp_retransmit_skb"));
+pub const INET_SOCK_SET_STATE_NESTED: Program = prog(
+    p::INET_SOCK_SET_STATE_NESTED,
+    Hook::RawTp("inet_sock_set_state"),
+);
+pub const TCP_RECEIVE_RESET_NESTED: Program = prog(
+    p::TCP_RECEIVE_RESET_NESTED,
+    Hook::RawTp("tcp_receive_reset"),
+);
+pub const TCP_SEND_RESET_NESTED: Program =
+    prog(p::TCP_SEND_RESET_NESTED, Hook::RawTp("tcp_send_reset"));
+pub const TCP_RETRANSMIT_SKB_NESTED: Program = prog(
+    p::TCP_RETRANSMIT_SKB_NESTED,
+    Hook::RawTp("tcp_retransmit_skb"),
+);
 pub const PAGE_FAULT_USER: Program = prog(p::PAGE_FAULT_USER, Hook::RawTp("page_fault_user"));
 pub const PAGE_FAULT_KERNEL: Program = prog(p::PAGE_FAULT_KERNEL, Hook::RawTp("page_fault_kernel"));
 pub const PERF_PAGE_FAULT: Program = prog(p::PERF_PAGE_FAULT, Hook::PerfPageFaults);
@@ -118,6 +132,15 @@ pub const KRETPROBE_HANDLE_MM_FAULT: Program = prog(
     p::KRETPROBE_HANDLE_MM_FAULT,
     Hook::KRetProbe("handle_mm_fault"),
 );
+
+/// The twin programs: they run only the hits the kernel skips their first program for, so
+/// their own skipped runs lose nothing and are not counted as misses.
+pub const TWINS: &[Program] = &[
+    INET_SOCK_SET_STATE_NESTED,
+    TCP_RECEIVE_RESET_NESTED,
+    TCP_SEND_RESET_NESTED,
+    TCP_RETRANSMIT_SKB_NESTED,
+];
 
 /// Every program of the object.
 pub const ALL: &[Program] = &[
@@ -144,6 +167,10 @@ pub const ALL: &[Program] = &[
     TCP_RECEIVE_RESET,
     TCP_SEND_RESET,
     TCP_RETRANSMIT_SKB,
+    INET_SOCK_SET_STATE_NESTED,
+    TCP_RECEIVE_RESET_NESTED,
+    TCP_SEND_RESET_NESTED,
+    TCP_RETRANSMIT_SKB_NESTED,
     PAGE_FAULT_USER,
     PAGE_FAULT_KERNEL,
     PERF_PAGE_FAULT,
@@ -230,12 +257,17 @@ pub fn for_mode(signal: Signal, mode: ProbeMode, k: KernelShape) -> Vec<Program>
         }
         (Signal::SendMsg, ProbeMode::Tracepoint) => vec![SYS_ENTER, SOCK_SEND_LENGTH],
         (Signal::RecvMsg, ProbeMode::Tracepoint) => vec![SYS_ENTER, SOCK_RECV_LENGTH],
-        // Connection lifecycle uses raw tracepoints in every mode.
+        // Connection lifecycle uses raw tracepoints in every mode, each with its twin for
+        // the hits that interrupt it (observer-ebpf/src/nested.rs).
         (Signal::Connections, _) => vec![
             INET_SOCK_SET_STATE,
             TCP_RECEIVE_RESET,
             TCP_SEND_RESET,
             TCP_RETRANSMIT_SKB,
+            INET_SOCK_SET_STATE_NESTED,
+            TCP_RECEIVE_RESET_NESTED,
+            TCP_SEND_RESET_NESTED,
+            TCP_RETRANSMIT_SKB_NESTED,
         ],
         // Fault counts come from one source in every mode, so that they mean the same in
         // each (the exception tracepoints, else the perf event); fentry/kprobe add durations
