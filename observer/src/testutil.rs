@@ -90,3 +90,72 @@ pub fn http_fetch(
     all.extend_from_slice(headers);
     crate::http_client::request(&mut s, method, "test", path, &all)
 }
+
+/// `promtool check metrics` on an exposition: `None` when promtool is not installed, else
+/// its verdict (its output when it fails).
+#[must_use]
+pub fn promtool_check(text: &str) -> Option<Result<(), String>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(text.as_bytes()));
+    let out = match child.wait_with_output() {
+        Ok(out) => out,
+        Err(e) => return Some(Err(format!("promtool: {e}"))),
+    };
+    if let Some(Err(e)) = written {
+        return Some(Err(format!("writing to promtool: {e}")));
+    }
+    if out.status.success() {
+        Some(Ok(()))
+    } else {
+        Some(Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+/// A slow client of the scrape endpoint, `i` of many: it starts `7 * i % 2000` ms late (so
+/// that many spread their bytes over the interval), connects, sends a request head one byte
+/// every two seconds until the daemon closes the connection (counted in `closed`), and
+/// starts again, until `stop`.
+pub async fn slow_client(
+    addr: std::net::SocketAddr,
+    i: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    tokio::time::sleep(Duration::from_millis(i * 7 % 2000)).await;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        for b in b"GET /metrics HTTP/1.1\r\nHost: slow\r\n".iter().cycle() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if s.write_all(&[*b]).await.is_err() {
+                // Closed by the daemon (its head timeout, or to make room).
+                closed.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -18,11 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::traffic::{RESPONSE_LEN, delay_server};
-use common::{Daemon, Metrics, TestCgroup, role, role_output, run_role};
-
-fn env(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"))
-}
+use common::{Daemon, Metrics, TestCgroup, env, role, role_output, run_role};
 
 /// One request to the delay server: answer after `delay_us`.
 fn request(delay_us: u32) -> [u8; 8] {

@@ -23,13 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    Daemon, Metrics, TestCgroup, counted_and_lost, role, role_output, run_role, wait_for_line,
+    Daemon, Metrics, TestCgroup, counted_and_lost, env, role, role_output, run_role, wait_for_line,
 };
 use observer::cgroups::memory::{Layout, memory_cgroups};
-
-fn env(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"))
-}
 
 fn unix_ms() -> u64 {
     u64::try_from(

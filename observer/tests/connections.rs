@@ -18,31 +18,13 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::{
-    Daemon, DropNetns, TestCgroup, free_port, promtool_check, role, role_output, run_role,
+    Daemon, DropNetns, TestCgroup, env, free_port, promtool_check, role, role_output, run_role,
     run_role_in,
 };
 
-fn env(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"))
-}
-
 /// Closes with `SO_LINGER` 0: an abortive close that sends RST.
 fn reset(s: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a valid linger struct of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            u32::try_from(size_of::<libc::linger>()).unwrap(),
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER");
+    common::linger0(&s);
     drop(s);
 }
 

@@ -421,7 +421,6 @@ fn assert_counters_never_go_down(scrapes: &[Metrics]) -> usize {
 fn three_hundred_slow_clients_do_not_stop_scrapes_of_the_daemon() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use tokio::io::AsyncWriteExt;
 
     if role().is_some() {
         return;
@@ -437,27 +436,7 @@ fn three_hundred_slow_clients_do_not_stop_scrapes_of_the_daemon() {
     let closed = Arc::new(AtomicUsize::new(0));
     for i in 0..300u64 {
         let (stop, closed) = (Arc::clone(&stop), Arc::clone(&closed));
-        rt.spawn(async move {
-            tokio::time::sleep(Duration::from_millis(i * 7 % 2000)).await;
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                for b in b"GET /metrics HTTP/1.1\r\nHost: slow\r\n".iter().cycle() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if s.write_all(&[*b]).await.is_err() {
-                        // Closed by the daemon (its head timeout, or to make room).
-                        closed.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+        rt.spawn(observer::testutil::slow_client(addr, i, stop, closed));
     }
     std::thread::sleep(Duration::from_secs(2));
     let mut keep = std::net::TcpStream::connect(addr).unwrap();

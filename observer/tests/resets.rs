@@ -19,36 +19,12 @@ pub mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use common::{Daemon, Metrics, TestCgroup, role, role_output, run_role_in};
-
-fn env(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"))
-}
+use common::{Daemon, Metrics, TestCgroup, env, role, role_output, run_role_in};
 
 fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
-}
-
-/// Sets `SO_LINGER` 0: closing the socket then sends a reset.
-fn linger0(s: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a valid linger struct of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            u32::try_from(size_of::<libc::linger>()).unwrap(),
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER");
 }
 
 /// Reads until end of stream or an error (a reset).
@@ -128,18 +104,18 @@ fn server_side(scenario: &str, c: &mut TcpStream) {
         "peer_rst_in_fw2_tw" => {
             let _ = c.read(&mut b);
             sleep_ms(150);
-            linger0(c);
+            common::linger0(c);
         }
         "peer_rst_in_fw2_full" => {
             let _ = c.read(&mut b);
             sleep_ms(100);
-            linger0(c);
+            common::linger0(c);
         }
         "srv_closewait_unread" | "srv_unread" => sleep_ms(50),
         "srv_closewait_unread_cli_orphan" => sleep_ms(150),
         "srv_linger0" => {
             let _ = c.read(&mut b[..1]);
-            linger0(c);
+            common::linger0(c);
         }
         other => panic!("unknown scenario {other}"),
     }
@@ -158,7 +134,7 @@ fn client_side(scenario: &str, c: &mut TcpStream) {
             drain(c);
         }
         "cli_unread" => sleep_ms(50),
-        "cli_linger0" => linger0(c),
+        "cli_linger0" => common::linger0(c),
         "cli_shut_unread" => {
             shut_wr(c);
             // Close only once the server's data is here: the close has unread data (a
@@ -170,7 +146,7 @@ fn client_side(scenario: &str, c: &mut TcpStream) {
         "cli_shut_linger0" => {
             shut_wr(c);
             sleep_ms(100);
-            linger0(c);
+            common::linger0(c);
         }
         "data_after_close_fast" | "data_after_close_tw" => c.write_all(b"q").unwrap(),
         "peer_rst_in_fw2_tw" => {}
@@ -266,7 +242,9 @@ fn both_ends_agree_on_who_reset_the_connection() {
     let resets_before = netns.as_ref().map(|n| n.tcp_stat("OutRsts"));
     let mut runs = Vec::new();
     for (i, (name, _, _)) in SCENARIOS.iter().enumerate() {
-        let port = 42_000 + u16::try_from(i).unwrap();
+        // Below the ephemeral range (32768..60999 by default): a client of an earlier
+        // scenario cannot hold the port when this scenario's server binds it.
+        let port = 22_000 + u16::try_from(i).unwrap();
         let cli = TestCgroup::new(&format!("rst-c{i}"));
         let srv = TestCgroup::new(&format!("rst-s{i}"));
         let env = |addr: bool| {

@@ -355,38 +355,20 @@ mod tests {
     /// installed this test says so and checks nothing else.
     #[test]
     fn promtool_accepts_the_exposition() {
-        use std::io::Write;
-
         for hist in [
             crate::histograms::Histograms::Classic,
             crate::histograms::Histograms::Native,
             crate::histograms::Histograms::Both,
         ] {
             let text = crate::exposition::render_with(&scrape_with_traffic(), hist);
-            let Ok(mut child) = std::process::Command::new("promtool")
-                .args(["check", "metrics"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-            else {
-                eprintln!("promtool not installed: exposition checked by the privileged tests");
-                return;
-            };
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool ({}): {}{}",
-                hist.name(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            match crate::testutil::promtool_check(&text) {
+                None => {
+                    eprintln!("promtool not installed: exposition checked by the privileged tests");
+                    return;
+                }
+                Some(Err(e)) => panic!("promtool ({}): {e}", hist.name()),
+                Some(Ok(())) => {}
+            }
         }
     }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use super::{Limits, MAX_REQUEST_BYTES, Routes, Settings, Source, serve};
@@ -216,28 +215,12 @@ fn slow_client_flood(limits: Limits, clients: usize, seconds: u64) -> (usize, us
     let stop = Arc::new(AtomicBool::new(false));
     for i in 0..clients {
         let (closed, stop) = (Arc::clone(&closed), Arc::clone(&stop));
-        srv.rt.spawn(async move {
-            // Spread the clients' drips over the interval.
-            tokio::time::sleep(Duration::from_millis(u64::try_from(i).unwrap() * 7 % 2000)).await;
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                for b in b"GET /metrics HTTP/1.1\r\nHost: slow\r\n".iter().cycle() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if s.write_all(&[*b]).await.is_err() {
-                        // Closed by the daemon (its head timeout, or to make room).
-                        closed.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+        srv.rt.spawn(crate::testutil::slow_client(
+            addr,
+            u64::try_from(i).unwrap(),
+            stop,
+            closed,
+        ));
     }
     std::thread::sleep(Duration::from_secs(2));
     let t = Instant::now();

@@ -10,7 +10,7 @@ pub mod certs;
 pub mod traffic;
 
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -25,6 +25,31 @@ pub use observer::testutil::{free_port, http_get, quantile};
 /// binary re-executes itself as worker processes inside cgroups.
 pub fn role() -> Option<String> {
     std::env::var("SOCKLAT_TEST_ROLE").ok()
+}
+
+/// A variable of the worker role's environment, which its test set.
+pub fn env(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"))
+}
+
+/// Sets `SO_LINGER` 0 on `s`: closing it then sends a reset (an abortive close).
+pub fn linger0(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a valid linger struct of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            u32::try_from(size_of::<libc::linger>()).unwrap(),
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
 }
 
 /// The probe mode under test: `SOCKLAT_TEST_MODE` (set by `cargo xtask vm-test` in the
@@ -619,26 +644,13 @@ pub fn promtool_check(text: &str) {
         eprintln!("promtool is not in the guest: exposition checked on the host run");
         return;
     }
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) must be installed for the privileged tests");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    match observer::testutil::promtool_check(text) {
+        None => panic!(
+            "promtool (Debian package prometheus) must be installed for the privileged tests"
+        ),
+        Some(Err(e)) => panic!("promtool check metrics failed:\n{e}"),
+        Some(Ok(())) => {}
+    }
 }
 
 /// Calls counted (every call, every result) and events lost for one cgroup: together they
