@@ -404,9 +404,13 @@ fn hundreds_of_bursting_cgroups_keep_the_daemon_under_its_memory_limit() {
         highest_rings > first_rings + 4.0 * MIB as f64,
         "no ring grew: at most {highest_rings} bytes of rings"
     );
+    // The budget bound: it denied a growth, or rings were held within a tenth of it (they
+    // take room from colder rings first, so a full budget need not deny anything) while
+    // 400 rings of RING_SIZE would need five times as much.
     assert!(
-        denied > 0.0,
-        "the budget never bound: 400 rings of {RING_SIZE} must not fit"
+        denied > 0.0 || highest_rings >= 0.9 * budget,
+        "the budget never bound: 400 rings of {RING_SIZE} must not fit, yet at most \
+         {highest_rings} bytes of rings of a {budget}-byte budget, no growth denied"
     );
     assert!(
         exact > 0,
