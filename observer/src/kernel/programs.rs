@@ -259,16 +259,16 @@ pub fn for_mode(signal: Signal, mode: ProbeMode, k: KernelShape) -> Vec<Program>
         (Signal::RecvMsg, ProbeMode::Tracepoint) => vec![SYS_ENTER, SOCK_RECV_LENGTH],
         // Connection lifecycle uses raw tracepoints in every mode, each with its twin for
         // the hits that interrupt it (observer-ebpf/src/nested.rs).
-        (Signal::Connections, _) => vec![
-            INET_SOCK_SET_STATE,
-            TCP_RECEIVE_RESET,
-            TCP_SEND_RESET,
-            TCP_RETRANSMIT_SKB,
-            INET_SOCK_SET_STATE_NESTED,
-            TCP_RECEIVE_RESET_NESTED,
-            TCP_SEND_RESET_NESTED,
-            TCP_RETRANSMIT_SKB_NESTED,
-        ],
+        (Signal::Connections, _) => {
+            let mut v = vec![
+                INET_SOCK_SET_STATE,
+                TCP_RECEIVE_RESET,
+                TCP_SEND_RESET,
+                TCP_RETRANSMIT_SKB,
+            ];
+            v.extend_from_slice(TWINS);
+            v
+        }
         // Fault counts come from one source in every mode, so that they mean the same in
         // each (the exception tracepoints, else the perf event); fentry/kprobe add durations
         // and major/minor.
