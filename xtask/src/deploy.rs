@@ -448,6 +448,11 @@ fn check_in_guests(tag: &str, arch: Arch, shape: &PodShape) -> Result<()> {
          in {arch} guests of every kernel",
         args.join(" ")
     ));
+    let passes = |run: &crate::vm::CheckRun| {
+        run.rc == Some(0)
+            && signal_lines(&run.output).is_ok()
+            && run.serve.is_some_and(|(lines, rc)| lines > 0 && rc == 0)
+    };
     let mut failed = Vec::new();
     for run in crate::vm::run_in_guests(
         arch,
@@ -456,9 +461,10 @@ fn check_in_guests(tag: &str, arch: Arch, shape: &PodShape) -> Result<()> {
         &args,
         &shape.env,
         port,
+        passes,
     )? {
         eprintln!(
-            "--- {} ({arch}): --check exit {:?}; serving: {}\n{}",
+            "--- {} ({arch}): --check exit {:?}; serving: {}{}\n{}",
             run.kernel,
             run.rc,
             match run.serve {
@@ -466,10 +472,13 @@ fn check_in_guests(tag: &str, arch: Arch, shape: &PodShape) -> Result<()> {
                     format!("{lines} socklat_ lines in /metrics, exit {rc} on SIGTERM"),
                 None => "no report".to_string(),
             },
+            match &run.first_failure {
+                Some(why) => format!(" (a rerun: the first guest failed: {why})"),
+                None => String::new(),
+            },
             run.output
         );
-        let served = run.serve.is_some_and(|(lines, rc)| lines > 0 && rc == 0);
-        if run.rc != Some(0) || signal_lines(&run.output).is_err() || !served {
+        if !passes(&run) {
             failed.push(run.kernel);
         }
     }

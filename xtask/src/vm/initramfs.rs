@@ -38,7 +38,8 @@ pub fn write(
 /// /host/sys/fs/cgroup, the kubelet's log directories under /host/var/log): once with
 /// `--check` (`@@check image`, then `@@checkrc image RC`), then as the daemon itself until
 /// its `/metrics` on `port` answers (at most 90 s), stopped by SIGTERM: `@@serve image
-/// LINES RC`, the number of `socklat_` lines of that scrape (0: none came) and its exit code.
+/// LINES RC`, the number of `socklat_` lines of that scrape (0: none came) and its exit code
+/// (137: it outlived SIGTERM by 30 s and was killed; `@@stuck` lines give its kernel stacks).
 pub fn write_check(
     path: &Path,
     guest: &Guest,
@@ -79,7 +80,13 @@ while [ $i -lt 90 ]; do
   fi
   sleep 1; i=$((i + 1))
 done
-kill -TERM $pid; wait $pid; src=$?
+if [ $n -eq 0 ]; then echo '@@stuck image: no /metrics answer in 90 s'; cat /proc/$pid/task/*/stack 2>/dev/null; fi
+kill -TERM $pid
+# A daemon that outlives SIGTERM by 30 s is reported with its kernel stacks, then killed.
+( sleep 30; if kill -0 $pid 2>/dev/null; then echo '@@stuck image: alive 30 s after SIGTERM'; \
+  for t in /proc/$pid/task/*; do echo \"$t $(cat $t/comm) $(cat $t/wchan)\"; cat $t/stack; done; \
+  kill -KILL $pid; fi ) 2>/dev/null &
+wait $pid; src=$?
 tail -n 5 /tmp/serve.log
 echo \"@@serve image $n $src\"
 rc=0

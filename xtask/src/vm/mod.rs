@@ -236,11 +236,34 @@ pub struct CheckRun {
     /// Then as the daemon: the `socklat_` lines of its first `/metrics` answer (0: none
     /// came) and its exit code after SIGTERM.
     pub serve: Option<(usize, i32)>,
+    /// Where a first guest failed and this is its rerun: why, with the first serial log's
+    /// path.
+    pub first_failure: Option<String>,
+}
+
+impl CheckRun {
+    fn of(label: &str, text: &str) -> Self {
+        let serial = SerialLog(text);
+        CheckRun {
+            kernel: serial.kernel().unwrap_or(label).to_string(),
+            rc: serial.checkrc("image"),
+            output: serial.check_output("image"),
+            serve: text.lines().find_map(|l| {
+                let mut w = l.trim().strip_prefix("@@serve image ")?.split_whitespace();
+                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+            }),
+            first_failure: None,
+        }
+    }
 }
 
 /// Runs `binary` with `args` and `env` in a guest of `arch` on each of `labels`' kernels,
 /// set up as a `DaemonSet` pod sees the node: `--check`, then the daemon until its
-/// `/metrics` on `port` answers (see [`initramfs::write_check`]).
+/// `/metrics` on `port` answers (see [`initramfs::write_check`]). A guest whose run does
+/// not `pass` is shown (QEMU's exit, the serial tail) and run once more in a fresh guest, as
+/// the matrix reruns a failed cell: TCG guests on a loaded host are not deterministic; a
+/// broken binary fails both, and the rerun's [`CheckRun::first_failure`] keeps the first
+/// in view.
 pub fn run_in_guests(
     arch: Arch,
     labels: &[String],
@@ -248,6 +271,7 @@ pub fn run_in_guests(
     args: &[String],
     env: &[(String, String)],
     port: u16,
+    passes: impl Fn(&CheckRun) -> bool,
 ) -> Result<Vec<CheckRun>> {
     let guest = Guest::prepare(arch)?;
     let initrd = vm_dir().join(format!("initrd-image{}.cpio.gz", arch.suffix()));
@@ -255,17 +279,30 @@ pub fn run_in_guests(
     let mut runs = Vec::new();
     for (label, vmlinuz) in kernels::download(arch, labels)? {
         let log = vm_dir().join(format!("serial-image{}-{label}.log", arch.suffix()));
+        let (code, text, elapsed) = qemu::run(&guest, &vmlinuz, &initrd, &log, 300)?;
+        let run = CheckRun::of(&label, &text);
+        if passes(&run) {
+            runs.push(run);
+            continue;
+        }
+        let why = format!(
+            "QEMU exit {code} after {:.1} s, --check exit {:?}, serving {:?}",
+            elapsed.as_secs_f64(),
+            run.rc,
+            run.serve
+        );
+        qemu::show_tail(&format!("{label} ({arch})"), &text, &why);
+        let first_log =
+            log.with_file_name(format!("serial-image{}-{label}-first.log", arch.suffix()));
+        std::fs::rename(&log, &first_log)?;
+        step(&format!(
+            "{label} ({arch}): the image's binary failed; running it again (first log: {})",
+            first_log.display()
+        ));
         let (_, text, _) = qemu::run(&guest, &vmlinuz, &initrd, &log, 300)?;
-        let serial = SerialLog(&text);
-        runs.push(CheckRun {
-            kernel: serial.kernel().unwrap_or(&label).to_string(),
-            rc: serial.checkrc("image"),
-            output: serial.check_output("image"),
-            serve: text.lines().find_map(|l| {
-                let mut w = l.trim().strip_prefix("@@serve image ")?.split_whitespace();
-                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
-            }),
-        });
+        let mut again = CheckRun::of(&label, &text);
+        again.first_failure = Some(format!("{why} (log {})", first_log.display()));
+        runs.push(again);
     }
     Ok(runs)
 }
