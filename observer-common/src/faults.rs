@@ -44,9 +44,25 @@ impl FaultCounts {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FaultCounts {}
 
+/// One CPU's value in `FAULT_COUNTS` (a per-CPU hash keyed by cgroup id): the counts, and
+/// which of this CPU's [`FaultCache`] flushes last added to them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FaultSlot {
+    pub counts: FaultCounts,
+    /// [`FaultCache::flushes`] of the flush that last added to these counts (0: none).
+    pub flush: u64,
+}
+
+// SAFETY: `#[repr(C)]`, only u64 fields, no padding: every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FaultSlot {}
+
 /// Per-CPU cache of the page fault counts of the cgroup that faulted last on this CPU:
 /// counting into it costs an array access instead of a hash lookup; it is added to
-/// `FAULT_COUNTS` when another cgroup faults on the CPU. The daemon reads both.
+/// `FAULT_COUNTS` (a flush) when another cgroup faults on the CPU. The daemon reads the
+/// caches before and after the hash, and the flush numbers tell it whether a flush that
+/// happened meanwhile is in what it read of the hash.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FaultCache {
@@ -54,6 +70,9 @@ pub struct FaultCache {
     pub cgroup_id: u64,
     /// Counts not yet added to `FAULT_COUNTS`.
     pub counts: FaultCounts,
+    /// Flushes done on this CPU so far; a flush stamps the [`FaultSlot`] it adds to with
+    /// this number (after counting itself).
+    pub flushes: u64,
 }
 
 // SAFETY: `#[repr(C)]`, only u64 fields, no padding: every bit pattern is valid.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use observer_common::{
     COUNTER_MAP_ENTRIES, ConnHook, ConnState, ConnTableCounts, DEFAULT_MAX_CGROUPS,
-    DEFAULT_RING_SIZE, Event, FaultCache, FaultCounts, StartTable, UNATTRIBUTED,
+    DEFAULT_RING_SIZE, Event, FaultCache, FaultCounts, FaultSlot, StartTable, UNATTRIBUTED,
 };
 
 use crate::per_thread::PerThread;
@@ -30,10 +30,9 @@ pub static SHARED_RING: Ring = RingBuf::new();
 #[btf_map]
 pub static LOST_EVENTS: PerCpuHashMap<u64, u64, COUNTER_MAP_ENTRIES> = PerCpuHashMap::new();
 
-/// cgroup id -> page fault counters.
+/// cgroup id -> page fault counters (see `FaultSlot`).
 #[btf_map]
-pub static FAULT_COUNTS: PerCpuHashMap<u64, FaultCounts, COUNTER_MAP_ENTRIES> =
-    PerCpuHashMap::new();
+pub static FAULT_COUNTS: PerCpuHashMap<u64, FaultSlot, COUNTER_MAP_ENTRIES> = PerCpuHashMap::new();
 
 /// The last faulting cgroup's counts, per CPU (see `FaultCache`).
 #[btf_map]
@@ -225,18 +224,25 @@ pub fn bump(map: &PerCpuHashMap<u64, u64, COUNTER_MAP_ENTRIES>, cgroup_id: u64) 
     }
 }
 
-/// Adds `add` to a cgroup's per-CPU fault counters, creating them when absent.
+/// Adds `add` to a cgroup's per-CPU fault counters, creating them when absent; `flush`, when
+/// not 0, is the number of the cache flush this is (`FaultSlot::flush`).
 #[inline(always)]
-pub fn bump_faults(cgroup_id: u64, add: FaultCounts) {
+pub fn bump_faults(cgroup_id: u64, add: FaultCounts, flush: u64) {
     for _ in 0..2 {
         if let Some(c) = FAULT_COUNTS.get_ptr_mut(&cgroup_id) {
             // SAFETY: field pointers into our own map value.
             unsafe {
+                // The stamp before the counts: a reader that catches the flush half done
+                // misses these counts once (the daemon's floor) rather than counting them
+                // twice (which its floor would keep).
+                if flush != 0 {
+                    core::ptr::write_volatile(&raw mut (*c).flush, flush);
+                }
                 for (field, v) in [
-                    (&raw mut (*c).user, add.user),
-                    (&raw mut (*c).kernel, add.kernel),
-                    (&raw mut (*c).major, add.major),
-                    (&raw mut (*c).minor, add.minor),
+                    (&raw mut (*c).counts.user, add.user),
+                    (&raw mut (*c).counts.kernel, add.kernel),
+                    (&raw mut (*c).counts.major, add.major),
+                    (&raw mut (*c).counts.minor, add.minor),
                 ] {
                     if v != 0 {
                         atomic_add(field, v);
@@ -245,7 +251,8 @@ pub fn bump_faults(cgroup_id: u64, add: FaultCounts) {
             }
             return;
         }
-        if FAULT_COUNTS.insert(&cgroup_id, &add, BPF_NOEXIST).is_ok() {
+        let slot = FaultSlot { counts: add, flush };
+        if FAULT_COUNTS.insert(&cgroup_id, &slot, BPF_NOEXIST).is_ok() {
             return;
         }
         // EEXIST: another program inserted it first; go round once more and add to it.

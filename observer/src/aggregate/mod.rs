@@ -8,6 +8,7 @@
 mod cgroup;
 mod connections;
 mod duration;
+mod fault_sum;
 mod kernel_counts;
 pub mod native;
 mod pending;
@@ -23,6 +24,7 @@ pub use connections::ConnAgg;
 pub use duration::{
     BUCKETS_NS, DurationAgg, HistogramTotals, MAX_TRACKED_NS, QUANTILES, SIGFIGS, new_histogram,
 };
+pub use fault_sum::sum_faults;
 pub use kernel_counts::{KernelCounts, Ledger};
 pub use native::NativeBuckets;
 pub use pending::{EARLY_RESET_MS, PendingCloses, SYNC_HOLD_MS, TIMEWAIT_HOLD_MS};

@@ -5,17 +5,17 @@
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::util::nr_cpus;
 use observer_common::{
-    ConnHook, ConnTableCounts, FaultCache, FaultCounts, StartTable, UNATTRIBUTED, names,
+    ConnHook, ConnTableCounts, FaultCache, FaultCounts, FaultSlot, StartTable, UNATTRIBUTED, names,
 };
 
-use crate::aggregate::KernelCounts;
+use crate::aggregate::{KernelCounts, sum_faults};
 use crate::error::Error;
 use crate::idmap::IdMap;
 
 /// The kernel's per-CPU counter maps.
 pub struct Maps {
     pub lost: PerCpuHashMap<MapData, u64, u64>,
-    pub faults: PerCpuHashMap<MapData, u64, FaultCounts>,
+    pub faults: PerCpuHashMap<MapData, u64, FaultSlot>,
     pub retransmits: PerCpuHashMap<MapData, u64, u64>,
     pub fault_cache: PerCpuArray<MapData, FaultCache>,
     pub conn_counts: PerCpuArray<MapData, ConnTableCounts>,
@@ -30,8 +30,9 @@ pub struct KernelCounters {
     conn_capacity: u64,
     /// The most connection entries known evicted so far (see [`Counts::connections_evicted`]).
     conn_evicted: u64,
-    /// Highest fault counts shown per cgroup: the kernel moves counts from its per-CPU
-    /// cache to the hash while we read, so a scrape may miss some; never show less.
+    /// Highest fault counts shown per cgroup: a reading that catches the kernel halfway
+    /// through moving counts from a per-CPU cache to the hash misses them once (see
+    /// `aggregate::sum_faults`); never show less.
     fault_floor: IdMap<FaultCounts>,
 }
 
@@ -93,24 +94,14 @@ impl KernelCounters {
 
     /// Reads every counter, summed over CPUs.
     pub fn read(&mut self) -> Counts {
-        let mut faults: IdMap<FaultCounts> = IdMap::default();
-        for (id, per_cpu) in self.maps.faults.iter().flatten() {
-            let f = faults.entry(id).or_default();
-            for c in per_cpu.iter() {
-                f.add(c);
-            }
-        }
-        // Then the per-CPU caches (read after the hash: a count moving meanwhile is missed
-        // once, never counted twice).
-        if let Ok(per_cpu) = self.maps.fault_cache.get(&0, 0) {
-            for c in per_cpu.iter().filter(|c| c.cgroup_id != 0) {
-                faults.entry(c.cgroup_id).or_default().add(&FaultCounts {
-                    user: c.counts.user,
-                    kernel: c.counts.kernel,
-                    ..FaultCounts::default()
-                });
-            }
-        }
+        // The caches, the hash, the caches again (see `aggregate::sum_faults`).
+        let caches = |m: &PerCpuArray<MapData, FaultCache>| {
+            m.get(&0, 0).map(|v| v.to_vec()).unwrap_or_default()
+        };
+        let before = caches(&self.maps.fault_cache);
+        let hash: Vec<(u64, PerCpuValues<FaultSlot>)> = self.maps.faults.iter().flatten().collect();
+        let after = caches(&self.maps.fault_cache);
+        let mut faults = sum_faults(&before, hash.iter().map(|(id, v)| (*id, &v[..])), &after);
         for (id, f) in &mut faults {
             let floor = self.fault_floor.entry(*id).or_default();
             *floor = floor.max(*f);
